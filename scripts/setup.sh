@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Create/refresh the virtual environment the project runs in.
+# Torch is installed first, with a pin a GPU user can override:
+#   TORCH_SPEC="torch==2.13.0" (default, a CPU wheel here)  e.g. TORCH_SPEC="torch" TORCH_INDEX_URL=...
+# EXTRAS picks the pip extras of structmat (default: test,baselines).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${STRUCTMAT_VENV:-.venv}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+EXTRAS="${EXTRAS:-test,baselines}"
+PY="$VENV/bin/python"
+if [ ! -x "$PY" ]; then
+  python3 -m venv "$VENV"
+fi
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  echo "[setup] installing $TORCH_SPEC into $VENV" >&2
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    "$PY" -m pip install -q "$TORCH_SPEC" --index-url "$TORCH_INDEX_URL"
+  else
+    "$PY" -m pip install -q "$TORCH_SPEC"
+  fi
+fi
+# Re-install the package only when its declared dependencies changed.
+stamp="$VENV/.structmat-setup-$EXTRAS"
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "[setup] installing structmat[$EXTRAS] (editable) into $VENV" >&2
+  "$PY" -m pip install -q -e ".[$EXTRAS]"
+  echo "$want" >"$stamp"
+fi

@@ -1,0 +1,110 @@
+"""The one interface every structured linear map in structmat implements.
+
+A :class:`StructuredLinear` acts like ``nn.Linear`` without bias: for ``x`` of shape
+``(..., in_features)`` it returns ``x @ M.T`` of shape ``(..., out_features)``, where
+``M = to_dense()`` has shape ``(out_features, in_features)``.
+
+A structure may hold a *stack* of matrices (``batch_shape`` non-empty), as returned by the
+batched fits. Then its factors carry the leading ``batch_shape`` dimensions, ``to_dense()``
+returns ``(*batch_shape, out_features, in_features)`` and ``forward`` takes ``x`` of shape
+``(*batch_shape, n, in_features)`` (each matrix of the stack is applied to its own rows).
+
+Subclasses implement :meth:`_matmul` and :attr:`max_rank`; they get input checks, batching
+rules, ``to_dense``, ``num_params`` and ``repr`` from here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+from ._checks import check_float_dtype
+
+
+class StructuredLinear(nn.Module, ABC):
+    """Base class: a linear map ``x -> x @ M.T`` with ``M`` of a given structure."""
+
+    in_features: int
+    out_features: int
+    batch_shape: torch.Size
+
+    def __init__(self, in_features: int, out_features: int, batch_shape: tuple[int, ...] = ()):
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.batch_shape = torch.Size(batch_shape)
+
+    # -- to implement -------------------------------------------------------------------
+    @abstractmethod
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (*batch_shape, n, in) or (..., in) when unbatched -> same lead dims, out."""
+
+    @property
+    @abstractmethod
+    def max_rank(self) -> int:
+        """The largest rank any matrix of this structure (with these shapes) can have."""
+
+    def _structure_repr(self) -> str:
+        return ""
+
+    # -- shared behaviour ---------------------------------------------------------------
+    @property
+    def _reference_param(self) -> torch.Tensor:
+        return next(self.parameters())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._reference_param.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._reference_param.device
+
+    @property
+    def shape(self) -> torch.Size:
+        """``(*batch_shape, out_features, in_features)``, the shape of :meth:`to_dense`."""
+        return torch.Size((*self.batch_shape, self.out_features, self.in_features))
+
+    @property
+    def num_params(self) -> int:
+        """Number of scalars in the parameters (a complex entry counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (..., in_features) -> ``x @ M.T`` (..., out_features)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        check_float_dtype("x", x.dtype, allow_complex=True)
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"x must have last dimension in_features={self.in_features}, got shape {tuple(x.shape)}"
+            )
+        nb = len(self.batch_shape)
+        if nb:
+            if x.dim() != nb + 2 or any(
+                xs not in (1, bs) for xs, bs in zip(x.shape[:nb], self.batch_shape, strict=True)
+            ):
+                raise ValueError(
+                    f"x must have shape (*batch_shape, n, in_features) = "
+                    f"({', '.join(map(str, self.batch_shape))}, n, {self.in_features}) "
+                    f"for this batched {type(self).__name__}, got {tuple(x.shape)}"
+                )
+        return self._matmul(x)
+
+    def to_dense(self) -> torch.Tensor:
+        """The matrix ``M``, of shape ``(*batch_shape, out_features, in_features)``."""
+        eye = torch.eye(self.in_features, dtype=self.dtype, device=self.device)
+        eye = eye.expand(*self.batch_shape, self.in_features, self.in_features)
+        return self._matmul(eye).mT  # rows of eye are e_i; e_i @ M.T is column i of M
+
+    def extra_repr(self) -> str:
+        parts = [f"in_features={self.in_features}", f"out_features={self.out_features}"]
+        if self.batch_shape:
+            parts.append(f"batch_shape={tuple(self.batch_shape)}")
+        structure = self._structure_repr()
+        if structure:
+            parts.append(structure)
+        parts.append(f"num_params={self.num_params}, max_rank={self.max_rank}")
+        return ", ".join(parts)

@@ -1,0 +1,154 @@
+"""``fit_monarch``: the optimal Monarch approximation of a dense matrix in Frobenius norm.
+
+Block ``(d, a)`` of ``M`` (rows ``e*l + d``, columns ``a*p + t``) is a free matrix of rank at
+most ``t(d, a)`` and blocks share no parameter, so the optimum is the truncated SVD of every
+block of ``W`` (Eckart-Young), written back into the factor rows/columns of the middle
+indices that own the block, ``sqrt(sigma)`` on each side. All blocks go through one batched
+decomposition on ``W``'s device.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .._checks import ceil_div, check_matrix, check_positive_int
+from .._fitutil import relative_error
+from .module import Monarch, _check_nblocks_fit
+from .structure import MonarchShape
+
+Method = Literal["auto", "svd", "gram"]
+
+
+def _resolve_shape(W: torch.Tensor, nblocks: int | str, rank: int | None) -> MonarchShape:
+    out_f, in_f = W.shape[-2:]
+    if nblocks == "sqrt":  # classic square Monarch of Dao et al.
+        if out_f != in_f or math.isqrt(in_f) ** 2 != in_f:
+            raise ValueError(
+                f"nblocks='sqrt' (classic Monarch) needs a square W with a square size, got "
+                f"shape {tuple(W.shape[-2:])}"
+            )
+        nblocks = math.isqrt(in_f)
+        rank = in_f // nblocks if rank is None else rank
+    check_positive_int("nblocks", nblocks)
+    rank = 1 if rank is None else rank
+    check_positive_int("rank", rank)
+    if rank > min(in_f, out_f):
+        raise ValueError(f"rank={rank} is larger than min(out, in)={min(in_f, out_f)} of W")
+    _check_nblocks_fit(nblocks, in_f, out_f)
+    p, s = ceil_div(in_f, nblocks), ceil_div(out_f, nblocks)
+    return MonarchShape(nblocks, rank, p, nblocks, s, rank, in_f, out_f)
+
+
+def monarch_blocks(W: torch.Tensor, shape: MonarchShape) -> torch.Tensor:
+    """The ``(*batch, l, k, s, p)`` grid of blocks of ``W`` (zero-padded to ``(l*s, k*p)``).
+
+    ``blocks[..., d, a, e, t] = W[..., e*l + d, a*p + t]``.
+    """
+    out_f, in_f = W.shape[-2:]
+    Wp = F.pad(W, (0, shape.k * shape.p - in_f, 0, shape.l * shape.s - out_f))
+    Wp = Wp.reshape(*W.shape[:-2], shape.s, shape.l, shape.k, shape.p)  # (..., e, d, a, t)
+    return Wp.permute(*range(W.dim() - 2), -3, -2, -4, -1)  # (..., d, a, e, t)
+
+
+def _top_singular(
+    blocks: torch.Tensor, kmax: int, method: Method
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``kmax`` singular triplets of a stack of (s, p) blocks: U (.., s, kmax), S, Vh."""
+    s, p = blocks.shape[-2:]
+    if method == "auto":
+        # A Gram eigendecomposition is much cheaper than an SVD for big blocks and is exact
+        # for the leading triplets; the SVD is more accurate in the tail, which we skip.
+        method = "gram" if min(s, p) >= 256 and kmax <= min(s, p) // 4 else "svd"
+    if method == "svd":
+        U, S, Vh = torch.linalg.svd(blocks, full_matrices=False)
+        return U[..., :kmax], S[..., :kmax], Vh[..., :kmax, :]
+    if method != "gram":
+        raise ValueError(f"method must be 'auto', 'svd' or 'gram', got {method!r}")
+    transpose = s < p  # eigendecompose the smaller Gram matrix
+    A = blocks.mT if transpose else blocks  # (.., m, n) with n <= m
+    evals, evecs = torch.linalg.eigh(A.mT @ A)  # ascending
+    evals, V = evals.flip(-1)[..., :kmax], evecs.flip(-1)[..., :kmax]  # (.., n, kmax)
+    S = evals.clamp_min(0).sqrt()
+    AV = A @ V  # (.., m, kmax) = U * S
+    U = AV / torch.where(S > 0, S, torch.ones_like(S)).unsqueeze(-2)
+    if transpose:  # blocks = (A).T = V S U^T
+        return V, S, U.mT
+    return U, S, V.mT
+
+
+def fit_monarch(
+    W: torch.Tensor,
+    nblocks: int | str = 4,
+    rank: int | None = None,
+    *,
+    method: Method = "auto",
+) -> Monarch:
+    """The closest Monarch matrix to ``W`` in Frobenius norm (closed form, optimal).
+
+    Args:
+        W: ``(..., out, in)``, one matrix or a stack; float dtype, finite. Not modified.
+        nblocks: blocks per factor (MoRe's N), or ``"sqrt"`` for the classic square Monarch
+            of Dao et al. (``nblocks = sqrt(n)``, ``rank = n / nblocks`` unless given).
+        rank: block rank (MoRe's ``blk_r``), default 1.
+        method: ``"svd"`` (batched ``torch.linalg.svd`` of all blocks), ``"gram"`` (batched
+            ``eigh`` of the blocks' Gram matrices, faster for large blocks and small ranks),
+            or ``"auto"``.
+
+    Returns:
+        A :class:`Monarch` on ``W``'s device and dtype with ``batch_shape = W.shape[:-2]``
+        and MoRe shapes ``blkdiag1 (nblocks, rank, ceil(in/nblocks))``,
+        ``blkdiag2 (nblocks, ceil(out/nblocks), rank)``. Its ``fit_error`` holds the achieved
+        relative error ``||W - M||_F / ||W||_F`` (shape ``W.shape[:-2]``).
+    """
+    check_matrix("W", W)
+    shape = _resolve_shape(W, nblocks, rank)
+    batch = W.shape[:-2]
+    with torch.no_grad():
+        blocks = monarch_blocks(W, shape)  # (*batch, l, k, s, p)
+        t = torch.as_tensor(shape.block_ranks)  # (l, k)
+        d_act, a_act = torch.nonzero(t, as_tuple=True)  # blocks that own middle indices
+        kmax = min(int(t.max()), shape.s, shape.p)
+        U, S, Vh = _top_singular(blocks[..., d_act, a_act, :, :], kmax, method)
+        # U (*batch, nact, s, kmax), S (*batch, nact, kmax), Vh (*batch, nact, kmax, p)
+
+        pos_of = torch.full((shape.l, shape.k), -1, dtype=torch.long)
+        pos_of[d_act, a_act] = torch.arange(d_act.numel())
+        idx = {key: torch.as_tensor(v) for key, v in shape.middle_index.items()}
+        pos = pos_of[idx["d"], idx["a"]]  # (J,) which active block owns middle index j
+        valid = idx["i"] < kmax  # beyond min(s, p) a block is already exact
+        ii = idx["i"].clamp(max=kmax - 1)
+        dev = W.device
+        pos, ii, valid = pos.to(dev), ii.to(dev), valid.to(dev)
+        sq = S.sqrt()[..., pos, ii] * valid  # (*batch, J)
+        v_rows = Vh[..., pos, ii, :] * sq.unsqueeze(-1)  # (*batch, J, p)
+        u_cols = U.mT[..., pos, ii, :] * sq.unsqueeze(-1)  # (*batch, J, s)
+
+        blkdiag1 = W.new_zeros(*batch, shape.k, shape.q, shape.p)
+        blkdiag1[..., idx["a"].to(dev), idx["b"].to(dev), :] = v_rows
+        blkdiag2_t = W.new_zeros(*batch, shape.l, shape.r, shape.s)
+        blkdiag2_t[..., idx["d"].to(dev), idx["c"].to(dev), :] = u_cols
+        monarch = Monarch.from_factors(
+            blkdiag1, blkdiag2_t.mT.contiguous(), shape.in_features, shape.out_features
+        )
+        monarch.fit_error = relative_error(W, monarch.to_dense())
+    return monarch
+
+
+def monarch_optimal_error(W: torch.Tensor, nblocks: int | str = 4, rank: int | None = None) -> torch.Tensor:
+    """The optimal relative error ``min_M ||W - M||_F / ||W||_F`` over Monarch ``M``.
+
+    ``sqrt(sum over blocks (d, a) of sum_{i >= t(d, a)} sigma_i(W_(d,a))^2) / ||W||_F``,
+    from the singular values of every block; shape ``W.shape[:-2]``.
+    """
+    check_matrix("W", W)
+    shape = _resolve_shape(W, nblocks, rank)
+    with torch.no_grad():
+        sv = torch.linalg.svdvals(monarch_blocks(W, shape))  # (*batch, l, k, min(s, p))
+        t = torch.as_tensor(shape.block_ranks, device=W.device)
+        tail = torch.arange(sv.shape[-1], device=W.device) >= t.unsqueeze(-1)  # (l, k, min)
+        err2 = (sv.square() * tail).sum(dim=(-3, -2, -1))
+        return err2.sqrt() / torch.linalg.matrix_norm(W)

@@ -1,0 +1,174 @@
+"""``Monarch``: block-diagonal x permutation x block-diagonal, with rank-r blocks (MoRe)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checks import ceil_div, check_float_dtype, check_positive_int
+from ..base import StructuredLinear
+from .multiply import monarch_multiply
+from .structure import MonarchShape
+
+Init = Literal["kaiming", "zeros"]
+
+
+def kaiming_uniform_blocks_(weight: torch.Tensor) -> torch.Tensor:
+    """In-place kaiming-uniform (a = sqrt(5), as ``nn.Linear``) per block, fan-in = block width."""
+    fan_in = weight.shape[-1]
+    bound = 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        return weight.uniform_(-bound, bound)
+
+
+def _init_factor(weight: torch.Tensor, init: str, name: str) -> None:
+    if init == "kaiming":
+        kaiming_uniform_blocks_(weight)
+    elif init == "zeros":
+        with torch.no_grad():
+            weight.zero_()
+    else:
+        raise ValueError(f"{name} must be 'kaiming' or 'zeros', got {init!r}")
+
+
+class Monarch(StructuredLinear):
+    """A Monarch matrix ``M`` (out_features, in_features); ``forward(x) = x @ M.T``.
+
+    MoRe parameterization (Tan et al. 2024): ``nblocks`` blocks on each side, block rank
+    ``rank``. Parameters::
+
+        blkdiag1: (nblocks, rank, ceil(in_features / nblocks))   # input side
+        blkdiag2: (nblocks, ceil(out_features / nblocks), rank)  # output side
+
+    ``num_params == rank * (in_features + out_features)`` when ``nblocks`` divides both sizes
+    (LoRA's count at the same rank), while the rank can reach ``min(nblocks*rank, in, out)``.
+    ``nblocks == 1`` is exactly low rank ``B @ A``. The classic square Monarch of Dao et al.
+    is ``nblocks = sqrt(n)``, ``rank = n // nblocks``.
+
+    Sizes not divisible by ``nblocks`` are zero-padded on the input and cropped on the output
+    (as the MoRe reference code does); an ``nblocks`` that would leave a block with only
+    padding is refused.
+
+    Args:
+        in_features, out_features: the logical size of ``M``.
+        nblocks: number of diagonal blocks of each factor.
+        rank: rows of each ``blkdiag1`` block = columns of each ``blkdiag2`` block.
+        init1, init2: ``"kaiming"`` (uniform, bound ``1/sqrt(block width)``, like
+            ``nn.Linear``) or ``"zeros"``. The MoRe adapter uses ``init2="zeros"`` so the
+            update starts at zero.
+        batch_shape: leading dims for a stack of independent Monarch matrices.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        nblocks: int = 4,
+        rank: int = 1,
+        *,
+        init1: Init = "kaiming",
+        init2: Init = "kaiming",
+        batch_shape: tuple[int, ...] = (),
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        check_positive_int("in_features", in_features)
+        check_positive_int("out_features", out_features)
+        check_positive_int("nblocks", nblocks)
+        check_positive_int("rank", rank)
+        if rank > min(in_features, out_features):
+            raise ValueError(
+                f"rank={rank} is larger than min(in_features, out_features)="
+                f"{min(in_features, out_features)}; such a block rank adds parameters but no capacity"
+            )
+        _check_nblocks_fit(nblocks, in_features, out_features)
+        dtype = dtype if dtype is not None else torch.get_default_dtype()
+        check_float_dtype("dtype", dtype)
+        p, s = ceil_div(in_features, nblocks), ceil_div(out_features, nblocks)
+        kw = {"device": device, "dtype": dtype}
+        blkdiag1 = torch.empty(*batch_shape, nblocks, rank, p, **kw)
+        blkdiag2 = torch.empty(*batch_shape, nblocks, s, rank, **kw)
+        _init_factor(blkdiag1, init1, "init1")
+        _init_factor(blkdiag2, init2, "init2")
+        super().__init__(in_features, out_features, batch_shape)
+        self.blkdiag1 = nn.Parameter(blkdiag1)
+        self.blkdiag2 = nn.Parameter(blkdiag2)
+        self.structure = MonarchShape(nblocks, rank, p, nblocks, s, rank, in_features, out_features)
+
+    @classmethod
+    def from_factors(
+        cls,
+        blkdiag1: torch.Tensor,  # (*batch, k, q, p)
+        blkdiag2: torch.Tensor,  # (*batch, l, s, r)
+        in_features: int | None = None,
+        out_features: int | None = None,
+    ) -> Monarch:
+        """A Monarch with the given factors (general shapes ``(k, q, p)`` / ``(l, s, r)``).
+
+        Requires ``l * r == k * q``. ``in_features`` defaults to ``k*p`` and
+        ``out_features`` to ``l*s``; smaller values mean pad-and-crop. The tensors are used
+        as the parameters' data (no copy), with their dtype and device.
+        """
+        for name, f in (("blkdiag1", blkdiag1), ("blkdiag2", blkdiag2)):
+            if not isinstance(f, torch.Tensor) or f.dim() < 3:
+                raise ValueError(f"{name} must be a tensor of shape (..., blocks, rows, cols)")
+            check_float_dtype(name, f.dtype)
+        if blkdiag1.shape[:-3] != blkdiag2.shape[:-3]:
+            raise ValueError(
+                f"blkdiag1 and blkdiag2 must share batch dims, got {tuple(blkdiag1.shape[:-3])} "
+                f"and {tuple(blkdiag2.shape[:-3])}"
+            )
+        if blkdiag1.dtype != blkdiag2.dtype or blkdiag1.device != blkdiag2.device:
+            raise ValueError("blkdiag1 and blkdiag2 must have the same dtype and device")
+        k, q, p = blkdiag1.shape[-3:]
+        l, s, r = blkdiag2.shape[-3:]
+        in_features = k * p if in_features is None else in_features
+        out_features = l * s if out_features is None else out_features
+        structure = MonarchShape(k, q, p, l, s, r, in_features, out_features)
+        self = cls.__new__(cls)
+        StructuredLinear.__init__(self, in_features, out_features, blkdiag1.shape[:-3])
+        self.blkdiag1 = nn.Parameter(blkdiag1)
+        self.blkdiag2 = nn.Parameter(blkdiag2)
+        self.structure = structure
+        return self
+
+    @property
+    def nblocks(self) -> int:
+        return self.structure.k
+
+    @property
+    def rank(self) -> int:
+        return self.structure.q
+
+    @property
+    def max_rank(self) -> int:
+        return self.structure.rank_capacity
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        st = self.structure
+        pad_in = st.k * st.p - self.in_features
+        if pad_in:
+            x = F.pad(x, (0, pad_in))
+        y = monarch_multiply(x, self.blkdiag1, self.blkdiag2)
+        if y.shape[-1] != self.out_features:
+            y = y[..., : self.out_features]
+        return y
+
+    def _structure_repr(self) -> str:
+        st = self.structure
+        return f"blkdiag1=({st.k}, {st.q}, {st.p}), blkdiag2=({st.l}, {st.s}, {st.r})"
+
+
+def _check_nblocks_fit(nblocks: int, in_features: int, out_features: int) -> None:
+    p = ceil_div(in_features, nblocks)
+    if (nblocks - 1) * p >= in_features or nblocks > out_features:
+        raise ValueError(
+            f"nblocks={nblocks} does not fit in_features={in_features}, "
+            f"out_features={out_features}: with blocks of ceil(size / nblocks) some block "
+            f"would hold only padding; use nblocks <= min(in, out) that leaves every block "
+            f"a real row and column (a divisor of both sizes always works)"
+        )

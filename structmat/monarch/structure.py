@@ -1,0 +1,113 @@
+"""Index bookkeeping of the Monarch structure (see docs/monarch-math.md).
+
+Factor shapes: ``blkdiag1`` is ``(k, q, p)``, ``blkdiag2`` is ``(l, s, r)`` with ``l*r == k*q``.
+Middle index ``j = a*q + b = c*l + d`` reads input chunk ``a`` (columns ``a*p + t``) and writes
+output group ``d`` (rows ``e*l + d``). Block ``(d, a)`` of ``M`` is a free matrix of rank at
+most ``t(d, a)``, the number of middle indices it owns.
+
+These functions are pure integer arithmetic on shapes; the fit, the rank capacity and the
+analysis all use them, so the convention lives in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import maximum_flow
+
+
+@dataclass(frozen=True)
+class MonarchShape:
+    """Factor shapes ``(k, q, p)`` / ``(l, s, r)`` and the logical size ``(out, in)``.
+
+    ``in_features <= k*p`` and ``out_features <= l*s``: inputs are zero-padded to ``k*p`` and
+    outputs cropped to ``out_features`` (the padded rows are the last ones of the strided
+    output layout).
+    """
+
+    k: int
+    q: int
+    p: int
+    l: int  # noqa: E741 - the paper's name
+    s: int
+    r: int
+    in_features: int
+    out_features: int
+
+    def __post_init__(self) -> None:
+        if self.l * self.r != self.k * self.q:
+            raise ValueError(
+                f"Monarch factors need l*r == k*q (middle sizes agree), got blkdiag1 "
+                f"(k, q, p)=({self.k}, {self.q}, {self.p}) and blkdiag2 (l, s, r)="
+                f"({self.l}, {self.s}, {self.r})"
+            )
+        if not 0 < self.in_features <= self.k * self.p:
+            raise ValueError(f"in_features must be in [1, k*p={self.k * self.p}], got {self.in_features}")
+        if not 0 < self.out_features <= self.l * self.s:
+            raise ValueError(f"out_features must be in [1, l*s={self.l * self.s}], got {self.out_features}")
+
+    @property
+    def middle(self) -> int:
+        return self.k * self.q
+
+    @cached_property
+    def middle_index(self) -> dict[str, np.ndarray]:
+        """For every middle index j: its chunk ``a``, row ``b`` in blkdiag1, group ``d``,
+        column ``c`` in blkdiag2, and its position ``i`` among the indices of block (d, a)."""
+        j = np.arange(self.middle)
+        a, b = j // self.q, j % self.q
+        c, d = j // self.l, j % self.l
+        order = np.zeros(self.middle, dtype=np.int64)
+        seen = np.zeros((self.l, self.k), dtype=np.int64)
+        for jj in range(self.middle):  # ascending j: the i-th index of block (d, a)
+            order[jj] = seen[d[jj], a[jj]]
+            seen[d[jj], a[jj]] += 1
+        return {"a": a, "b": b, "c": c, "d": d, "i": order}
+
+    @cached_property
+    def block_ranks(self) -> np.ndarray:
+        """``t`` of shape (l, k): ``t[d, a]`` = number of middle indices owned by block (d, a)."""
+        t = np.zeros((self.l, self.k), dtype=np.int64)
+        idx = self.middle_index
+        np.add.at(t, (idx["d"], idx["a"]), 1)
+        return t
+
+    @cached_property
+    def real_cols(self) -> np.ndarray:
+        """(k,): number of non-padding input columns in each chunk a."""
+        return np.clip(self.in_features - np.arange(self.k) * self.p, 0, self.p)
+
+    @cached_property
+    def real_rows(self) -> np.ndarray:
+        """(l,): number of non-cropped output rows in each group d (rows e*l + d)."""
+        e = np.arange(self.s)[:, None]
+        d = np.arange(self.l)[None, :]
+        return ((e * self.l + d) < self.out_features).sum(axis=0)
+
+    @cached_property
+    def rank_capacity(self) -> int:
+        """The rank of a generic (random) Monarch matrix of this shape, i.e. the maximum.
+
+        ``M = U V^T`` where middle index j owns a column of U supported on output group d(j)
+        and a column of V supported on input chunk a(j). By the Lindstrom-Gessel-Viennot
+        argument, the generic rank is the largest set of middle indices that can be routed
+        through distinct rows and distinct columns: a max flow source -> chunk a (capacity
+        real columns) -> group d (capacity t(d, a)) -> sink (capacity real rows).
+        """
+        k, l = self.k, self.l
+        n = k + l + 2
+        src, sink = 0, n - 1
+        rows, cols, caps = [], [], []
+        for a in range(k):
+            rows.append(src), cols.append(1 + a), caps.append(int(self.real_cols[a]))
+        t = self.block_ranks
+        for d in range(l):
+            for a in range(k):
+                if t[d, a]:
+                    rows.append(1 + a), cols.append(1 + k + d), caps.append(int(t[d, a]))
+            rows.append(1 + k + d), cols.append(sink), caps.append(int(self.real_rows[d]))
+        graph = csr_matrix((np.array(caps, dtype=np.int32), (rows, cols)), shape=(n, n))
+        return int(maximum_flow(graph, src, sink).flow_value)

@@ -78,9 +78,7 @@ class StructuredLinear(nn.Module, ABC):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         check_float_dtype("x", x.dtype, allow_complex=True)
         if x.dim() == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"x must have last dimension in_features={self.in_features}, got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"x must have last dimension in_features={self.in_features}, got shape {tuple(x.shape)}")
         nb = len(self.batch_shape)
         if nb:
             if x.dim() != nb + 2 or any(

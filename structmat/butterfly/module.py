@@ -130,9 +130,7 @@ class Butterfly(StructuredLinear):
         )
 
 
-def _init_twiddle(
-    shape: tuple[int, ...], init: str, complex: bool, dtype: torch.dtype, device
-) -> torch.Tensor:
+def _init_twiddle(shape: tuple[int, ...], init: str, complex: bool, dtype: torch.dtype, device) -> torch.Tensor:
     kw = {"dtype": dtype, "device": device}
     if init == "identity":
         tw = torch.eye(2, **kw).expand(*shape, 2, 2).clone()
@@ -186,9 +184,7 @@ def dft_butterfly(n: int, normalized: bool = False, **kwargs) -> Butterfly:
         st = 1 << i
         t = torch.arange(st, dtype=torch.float64)
         w = torch.polar(torch.ones_like(t), -2 * math.pi * t / (2 * st)).to(tw.dtype)  # (st,)
-        block = torch.stack(
-            [torch.stack([torch.ones_like(w), w], -1), torch.stack([torch.ones_like(w), -w], -1)], -2
-        )
+        block = torch.stack([torch.stack([torch.ones_like(w), w], -1), torch.stack([torch.ones_like(w), -w], -1)], -2)
         tw[i] = block.repeat(n // (2 * st), 1, 1)  # (n/2, 2, 2): index b*st + t
     if normalized:
         tw = tw / math.sqrt(2.0)

@@ -45,9 +45,7 @@ def fit_lowrank(
         else:
             raise ValueError(f"method must be 'svd' or 'randomized', got {method!r}")
         sq = S.sqrt()
-        lowrank = LowRank.from_factors(
-            (Vh * sq.unsqueeze(-1)).contiguous(), (U * sq.unsqueeze(-2)).contiguous()
-        )
+        lowrank = LowRank.from_factors((Vh * sq.unsqueeze(-1)).contiguous(), (U * sq.unsqueeze(-2)).contiguous())
         lowrank.fit_error = relative_error(W, lowrank.to_dense())
     return lowrank
 

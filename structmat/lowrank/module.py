@@ -57,8 +57,7 @@ class LowRank(StructuredLinear):
             check_float_dtype(name, f.dtype)
         if A.shape[:-2] != B.shape[:-2] or A.shape[-2] != B.shape[-1]:
             raise ValueError(
-                f"A (*batch, rank, in) and B (*batch, out, rank) do not match: "
-                f"A {tuple(A.shape)}, B {tuple(B.shape)}"
+                f"A (*batch, rank, in) and B (*batch, out, rank) do not match: A {tuple(A.shape)}, B {tuple(B.shape)}"
             )
         self = cls.__new__(cls)
         StructuredLinear.__init__(self, A.shape[-1], B.shape[-2], A.shape[:-2])

@@ -15,9 +15,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .._checks import ceil_div, check_matrix, check_positive_int
+from .._checks import check_matrix
 from .._fitutil import relative_error
-from .module import Monarch, _check_nblocks_fit
+from .module import Monarch
 from .structure import MonarchShape
 
 Method = Literal["auto", "svd", "gram"]
@@ -28,19 +28,11 @@ def _resolve_shape(W: torch.Tensor, nblocks: int | str, rank: int | None) -> Mon
     if nblocks == "sqrt":  # classic square Monarch of Dao et al.
         if out_f != in_f or math.isqrt(in_f) ** 2 != in_f:
             raise ValueError(
-                f"nblocks='sqrt' (classic Monarch) needs a square W with a square size, got "
-                f"shape {tuple(W.shape[-2:])}"
+                f"nblocks='sqrt' (classic Monarch) needs a square W with a square size, got shape {tuple(W.shape[-2:])}"
             )
         nblocks = math.isqrt(in_f)
         rank = in_f // nblocks if rank is None else rank
-    check_positive_int("nblocks", nblocks)
-    rank = 1 if rank is None else rank
-    check_positive_int("rank", rank)
-    if rank > min(in_f, out_f):
-        raise ValueError(f"rank={rank} is larger than min(out, in)={min(in_f, out_f)} of W")
-    _check_nblocks_fit(nblocks, in_f, out_f)
-    p, s = ceil_div(in_f, nblocks), ceil_div(out_f, nblocks)
-    return MonarchShape(nblocks, rank, p, nblocks, s, rank, in_f, out_f)
+    return MonarchShape.for_more(in_f, out_f, nblocks, 1 if rank is None else rank)
 
 
 def monarch_blocks(W: torch.Tensor, shape: MonarchShape) -> torch.Tensor:
@@ -54,9 +46,7 @@ def monarch_blocks(W: torch.Tensor, shape: MonarchShape) -> torch.Tensor:
     return Wp.permute(*range(W.dim() - 2), -3, -2, -4, -1)  # (..., d, a, e, t)
 
 
-def _top_singular(
-    blocks: torch.Tensor, kmax: int, method: Method
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _top_singular(blocks: torch.Tensor, kmax: int, method: Method) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-``kmax`` singular triplets of a stack of (s, p) blocks: U (.., s, kmax), S, Vh."""
     s, p = blocks.shape[-2:]
     if method == "auto":
@@ -131,9 +121,7 @@ def fit_monarch(
         blkdiag1[..., idx["a"].to(dev), idx["b"].to(dev), :] = v_rows
         blkdiag2_t = W.new_zeros(*batch, shape.l, shape.r, shape.s)
         blkdiag2_t[..., idx["d"].to(dev), idx["c"].to(dev), :] = u_cols
-        monarch = Monarch.from_factors(
-            blkdiag1, blkdiag2_t.mT.contiguous(), shape.in_features, shape.out_features
-        )
+        monarch = Monarch.from_factors(blkdiag1, blkdiag2_t.mT.contiguous(), shape.in_features, shape.out_features)
         monarch.fit_error = relative_error(W, monarch.to_dense())
     return monarch
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import ceil_div, check_float_dtype, check_positive_int
+from .._checks import check_float_dtype
 from ..base import StructuredLinear
 from .multiply import monarch_multiply
 from .structure import MonarchShape
@@ -76,28 +76,18 @@ class Monarch(StructuredLinear):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
-        check_positive_int("in_features", in_features)
-        check_positive_int("out_features", out_features)
-        check_positive_int("nblocks", nblocks)
-        check_positive_int("rank", rank)
-        if rank > min(in_features, out_features):
-            raise ValueError(
-                f"rank={rank} is larger than min(in_features, out_features)="
-                f"{min(in_features, out_features)}; such a block rank adds parameters but no capacity"
-            )
-        _check_nblocks_fit(nblocks, in_features, out_features)
+        structure = MonarchShape.for_more(in_features, out_features, nblocks, rank)
         dtype = dtype if dtype is not None else torch.get_default_dtype()
         check_float_dtype("dtype", dtype)
-        p, s = ceil_div(in_features, nblocks), ceil_div(out_features, nblocks)
         kw = {"device": device, "dtype": dtype}
-        blkdiag1 = torch.empty(*batch_shape, nblocks, rank, p, **kw)
-        blkdiag2 = torch.empty(*batch_shape, nblocks, s, rank, **kw)
+        blkdiag1 = torch.empty(*batch_shape, nblocks, rank, structure.p, **kw)
+        blkdiag2 = torch.empty(*batch_shape, nblocks, structure.s, rank, **kw)
         _init_factor(blkdiag1, init1, "init1")
         _init_factor(blkdiag2, init2, "init2")
         super().__init__(in_features, out_features, batch_shape)
         self.blkdiag1 = nn.Parameter(blkdiag1)
         self.blkdiag2 = nn.Parameter(blkdiag2)
-        self.structure = MonarchShape(nblocks, rank, p, nblocks, s, rank, in_features, out_features)
+        self.structure = structure
 
     @classmethod
     def from_factors(
@@ -161,14 +151,3 @@ class Monarch(StructuredLinear):
     def _structure_repr(self) -> str:
         st = self.structure
         return f"blkdiag1=({st.k}, {st.q}, {st.p}), blkdiag2=({st.l}, {st.s}, {st.r})"
-
-
-def _check_nblocks_fit(nblocks: int, in_features: int, out_features: int) -> None:
-    p = ceil_div(in_features, nblocks)
-    if (nblocks - 1) * p >= in_features or nblocks > out_features:
-        raise ValueError(
-            f"nblocks={nblocks} does not fit in_features={in_features}, "
-            f"out_features={out_features}: with blocks of ceil(size / nblocks) some block "
-            f"would hold only padding; use nblocks <= min(in, out) that leaves every block "
-            f"a real row and column (a divisor of both sizes always works)"
-        )

@@ -18,6 +18,8 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_flow
 
+from .._checks import ceil_div, check_positive_int
+
 
 @dataclass(frozen=True)
 class MonarchShape:
@@ -48,6 +50,32 @@ class MonarchShape:
             raise ValueError(f"in_features must be in [1, k*p={self.k * self.p}], got {self.in_features}")
         if not 0 < self.out_features <= self.l * self.s:
             raise ValueError(f"out_features must be in [1, l*s={self.l * self.s}], got {self.out_features}")
+
+    @classmethod
+    def for_more(cls, in_features: int, out_features: int, nblocks: int, rank: int) -> MonarchShape:
+        """MoRe shapes: ``(nblocks, rank, ceil(in/nblocks))`` / ``(nblocks, ceil(out/nblocks), rank)``.
+
+        Refuses (naming the argument) a rank above ``min(in, out)`` and an ``nblocks`` that
+        would leave a block with only padding.
+        """
+        check_positive_int("in_features", in_features)
+        check_positive_int("out_features", out_features)
+        check_positive_int("nblocks", nblocks)
+        check_positive_int("rank", rank)
+        if rank > min(in_features, out_features):
+            raise ValueError(
+                f"rank={rank} is larger than min(in_features, out_features)="
+                f"{min(in_features, out_features)}; such a block rank adds parameters but no capacity"
+            )
+        p, s = ceil_div(in_features, nblocks), ceil_div(out_features, nblocks)
+        if (nblocks - 1) * p >= in_features or nblocks > out_features:
+            raise ValueError(
+                f"nblocks={nblocks} does not fit in_features={in_features}, "
+                f"out_features={out_features}: with blocks of ceil(size / nblocks) some block "
+                f"would hold only padding; use nblocks <= min(in, out) that leaves every block "
+                f"a real row and column (a divisor of both sizes always works)"
+            )
+        return cls(nblocks, rank, p, nblocks, s, rank, in_features, out_features)
 
     @property
     def middle(self) -> int:

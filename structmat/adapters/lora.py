@@ -1,0 +1,42 @@
+"""The LoRA baseline: a thin wrapper over ``peft.get_peft_model(LoraConfig(...))``.
+
+Same target resolution as :func:`apply_more`, so MoRe and LoRA wrap exactly the same layers.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .targets import TargetSpec, resolve_modules_to_save, resolve_targets
+
+
+def apply_lora(
+    model: nn.Module,
+    target_modules: TargetSpec = None,
+    rank: int = 8,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    *,
+    exclude_modules: TargetSpec = None,
+    modules_to_save: str | list[str] | None = "auto",
+) -> nn.Module:
+    """PEFT LoRA on the layers :func:`apply_more` would wrap; returns the ``PeftModel``.
+
+    ``alpha`` defaults to ``2 * rank`` (update scaling 2, a common choice). Requires ``peft``
+    (``pip install structmat[baselines]``).
+    """
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:  # pragma: no cover - exercised only without peft
+        raise ImportError("apply_lora needs peft: pip install 'structmat[baselines]' (or pip install peft)") from None
+    saved = resolve_modules_to_save(model, modules_to_save)
+    targets = resolve_targets(model, target_modules, exclude_modules, saved)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank if alpha is None else alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        modules_to_save=saved or None,
+        fan_in_fan_out=any(type(model.get_submodule(t)).__name__ == "Conv1D" for t in targets),
+    )
+    return get_peft_model(model, config)

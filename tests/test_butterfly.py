@@ -12,9 +12,7 @@ from structmat.butterfly import bit_reversal_permutation
 @pytest.mark.parametrize("n", [2**i for i in range(1, 11)])
 def test_hadamard_equals_scipy(n):
     H = torch.from_numpy(scipy.linalg.hadamard(n).astype(np.float64))
-    torch.testing.assert_close(
-        hadamard_butterfly(n, dtype=torch.float64).to_dense().detach(), H, rtol=0, atol=0
-    )
+    torch.testing.assert_close(hadamard_butterfly(n, dtype=torch.float64).to_dense().detach(), H, rtol=0, atol=0)
     torch.testing.assert_close(
         hadamard_butterfly(n, normalized=True, dtype=torch.float64).to_dense().detach(), H / math.sqrt(n)
     )

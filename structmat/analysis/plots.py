@@ -1,0 +1,69 @@
+"""Matplotlib figures for spectra, approximation curves and rank capacity (each returns a Figure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from .capacity import StructureChoice  # noqa: E402
+from .curves import CurvePoint  # noqa: E402
+
+
+def plot_spectra(spectra: Mapping[str, torch.Tensor], title: str = "Singular value spectra") -> Figure:
+    """Normalised singular values (descending) of several matrices, log scale."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, sv in spectra.items():
+        sv = sv.detach().cpu().double()
+        sv = sv / sv[0] if sv[0] > 0 else sv
+        ax.semilogy(range(1, len(sv) + 1), sv.clamp_min(1e-16).numpy(), label=name)
+    ax.set_xlabel("index i")
+    ax.set_ylabel("sigma_i / sigma_1")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_approximation_curves(points: Sequence[CurvePoint], title: str = "Approximation error") -> Figure:
+    """Relative Frobenius error vs parameters used, one line per structure (log-log)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for structure in dict.fromkeys(p.structure for p in points):
+        pts = sorted((p.params, p.rel_error) for p in points if p.structure == structure and p.params > 0)
+        if pts:
+            xs, ys = zip(*dict(pts).items(), strict=True)
+            ax.loglog(xs, ys, marker="o", label=structure)
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("||W - M||_F / ||W||_F")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_rank_capacity(choices: Sequence[StructureChoice], title: str = "Rank capacity") -> Figure:
+    """Bars: maximal rank of each structure at the given budget (labels show parameters used)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = [c.structure for c in choices]
+    ranks = [c.max_rank for c in choices]
+    bars = ax.bar(range(len(names)), ranks, color="tab:blue")
+    for bar, c in zip(bars, choices, strict=True):
+        ax.annotate(
+            f"{c.params:,d} p",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("max rank")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

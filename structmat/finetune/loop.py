@@ -1,0 +1,127 @@
+"""A plain torch training loop that also runs under ``torchrun`` (DDP, gloo or nccl).
+
+Each global batch is split across ranks (rank ``r`` takes rows ``r::world``); gradients are
+averaged by DDP, so a run on N processes follows the same trajectory as one process on the
+same global batches (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainStats:
+    losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def median_step_seconds(self) -> float:
+        s = sorted(self.step_seconds[1:] or self.step_seconds)  # first step warms up
+        return s[len(s) // 2] if s else float("nan")
+
+
+def world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def shard(batch: Batch, rank: int, size: int) -> Batch:
+    return {k: v[rank::size] for k, v in batch.items()}
+
+
+def train(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    *,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    warmup: float = 0.06,
+    loss_fn: Callable[[nn.Module, Batch], torch.Tensor] | None = None,
+    progress: bool | None = None,
+    desc: str = "train",
+) -> TrainStats:
+    """AdamW on the trainable parameters, linear warm-up then linear decay, one pass over ``batches``.
+
+    ``loss_fn(model, batch)`` defaults to ``model(**batch).loss``. Under ``torch.distributed``
+    the model is wrapped in DDP and every batch is sharded across ranks.
+    """
+    rank, size = world()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    runner = nn.parallel.DistributedDataParallel(model) if size > 1 else model
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    total = len(batches)
+    warm = max(1, int(warmup * total))
+
+    def schedule(step: int) -> float:
+        return (step + 1) / warm if step < warm else max(0.0, (total - step) / max(1, total - warm))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    loss_fn = loss_fn or (lambda m, b: m(**b).loss)
+    stats = TrainStats()
+    model.train()
+    bar = tqdm(batches, desc=desc, disable=(rank != 0) or (None if progress is None else not progress), leave=False)
+    device = params[0].device
+    for batch in bar:
+        t0 = time.perf_counter()
+        loss = loss_fn(runner, to_device(shard(batch, rank, size), device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        stats.step_seconds.append(time.perf_counter() - t0)
+        stats.losses.append(float(loss.detach()))
+        if not math.isfinite(stats.losses[-1]):
+            raise FloatingPointError(f"training loss became {stats.losses[-1]} at step {len(stats.losses)}")
+        bar.set_postfix(loss=f"{stats.losses[-1]:.4f}", refresh=False)
+    model.eval()
+    return stats
+
+
+def training_memory_bytes(model: nn.Module, batch: Batch, loss_fn=None) -> int:
+    """Bytes one training step holds beyond the frozen weights: tensors saved for backward
+    (activations) plus gradients and AdamW state (2 tensors) of the trainable parameters.
+
+    Counted exactly with ``saved_tensors_hooks`` (parameters saved by reference are skipped),
+    so it is deterministic and comparable across methods on CPU, where no allocator
+    statistics exist.
+    """
+    loss_fn = loss_fn or (lambda m, b: m(**b).loss)
+    params = {p.data_ptr() for p in model.parameters()}
+    seen: set[tuple[int, int]] = set()
+    total = 0
+
+    def pack(t: torch.Tensor):
+        nonlocal total
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if t.untyped_storage().data_ptr() not in params and key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    model.train()
+    batch = to_device(batch, next(model.parameters()).device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_fn(model, batch)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return total + 3 * trainable

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${EXTRAS:-test,baselines}" bash scripts/setup.sh
-exec "${STRUCTMAT_VENV:-.venv}/bin/structmat" "${@:-demo}"
+exec "${STRUCTMAT_VENV:-.venv}/bin/structmat" "${@:-report}"

@@ -17,6 +17,15 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
+def check_rank_fits(rank: int, in_features: int, out_features: int) -> None:
+    """Raise naming ``rank`` if it exceeds ``min(in_features, out_features)`` (no added capacity)."""
+    if rank > min(in_features, out_features):
+        raise ValueError(
+            f"rank={rank} is larger than min(in_features, out_features)="
+            f"{min(in_features, out_features)}; such a rank adds parameters but no capacity"
+        )
+
+
 def check_float_dtype(name: str, dtype: torch.dtype, allow_complex: bool = False) -> None:
     """Raise TypeError naming ``name`` unless ``dtype`` is floating (or complex if allowed)."""
     if dtype.is_floating_point or (allow_complex and dtype.is_complex):

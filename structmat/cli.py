@@ -34,6 +34,15 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .analysis.report import run_report
+
+    result = run_report(args.out, quick=args.quick)
+    print(result["summary"])
+    print(f"\nreport written to {result['path']} ({result['seconds']:.0f} s)")
+    return 0
+
+
 def _finetune(args: argparse.Namespace) -> int:
     import json
     import os
@@ -80,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--size", type=int, default=256, help="matrix size n (n x n), default 256")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+    rep = sub.add_parser("report", help="the expressivity study: markdown report with figures (main job)")
+    rep.add_argument("--out", default="report", help="output folder (default: ./report)")
+    rep.add_argument("--quick", action="store_true", help="small sizes, synthetic targets only (seconds)")
+    rep.set_defaults(func=_report)
     ft = sub.add_parser(
         "finetune",
         help="fine-tune all-MiniLM-L6-v2 on Rotten Tomatoes (offline) with MoRe or LoRA",

@@ -48,6 +48,9 @@ class MoReLinear(nn.Module):
             )
         except ValueError as err:
             raise ValueError(f"{err} (layer of shape in={in_f}, out={out_f})") from None
+        # Keep only x for backward (the frozen base layer keeps it anyway): less memory than
+        # LoRA, which also keeps A @ x; costs one small recomputed bmm.
+        self.more.recompute_middle = True
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.disabled = False

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
@@ -31,16 +28,22 @@ def plot_spectra(spectra: Mapping[str, torch.Tensor], title: str = "Singular val
     return fig
 
 
-def plot_approximation_curves(points: Sequence[CurvePoint], title: str = "Approximation error") -> Figure:
-    """Relative Frobenius error vs parameters used, one line per structure (log-log)."""
+def plot_approximation_curves(
+    points: Sequence[CurvePoint], title: str = "Approximation error", floor: float = 1e-6
+) -> Figure:
+    """Relative Frobenius error vs parameters used, one line per structure (log-log).
+
+    Errors below ``floor`` (exact fits, ~1e-16) are drawn at ``floor`` so the differences near
+    1 stay visible; the axis label says so.
+    """
     fig, ax = plt.subplots(figsize=(6, 4))
     for structure in dict.fromkeys(p.structure for p in points):
         pts = sorted((p.params, p.rel_error) for p in points if p.structure == structure and p.params > 0)
         if pts:
             xs, ys = zip(*dict(pts).items(), strict=True)
-            ax.loglog(xs, ys, marker="o", label=structure)
+            ax.loglog(xs, [max(y, floor) for y in ys], marker="o", label=structure)
     ax.set_xlabel("parameters")
-    ax.set_ylabel("||W - M||_F / ||W||_F")
+    ax.set_ylabel(f"||W - M||_F / ||W||_F (clipped at {floor:g})")
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
@@ -63,6 +66,7 @@ def plot_rank_capacity(choices: Sequence[StructureChoice], title: str = "Rank ca
             fontsize=7,
         )
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    ax.set_xlabel("structure (largest member within the budget)")
     ax.set_ylabel("max rank")
     ax.set_title(title)
     fig.tight_layout()

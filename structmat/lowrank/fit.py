@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 
-from .._checks import check_matrix, check_positive_int
+from .._checks import check_matrix, check_positive_int, check_rank_fits
 from .._fitutil import relative_error
 from .module import LowRank
 
@@ -31,8 +31,7 @@ def fit_lowrank(
     check_matrix("W", W)
     check_positive_int("rank", rank)
     out_f, in_f = W.shape[-2:]
-    if rank > min(out_f, in_f):
-        raise ValueError(f"rank={rank} is larger than min(out, in)={min(out_f, in_f)} of W")
+    check_rank_fits(rank, in_f, out_f)
     with torch.no_grad():
         if method == "svd":
             U, S, Vh = torch.linalg.svd(W, full_matrices=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._checks import check_float_dtype, check_positive_int
+from .._checks import check_float_dtype, check_positive_int, check_rank_fits
 from ..base import StructuredLinear
 from ..monarch.module import Init, _init_factor
 
@@ -34,10 +34,7 @@ class LowRank(StructuredLinear):
         check_positive_int("in_features", in_features)
         check_positive_int("out_features", out_features)
         check_positive_int("rank", rank)
-        if rank > min(in_features, out_features):
-            raise ValueError(
-                f"rank={rank} is larger than min(in_features, out_features)={min(in_features, out_features)}"
-            )
+        check_rank_fits(rank, in_features, out_features)
         dtype = dtype if dtype is not None else torch.get_default_dtype()
         check_float_dtype("dtype", dtype)
         A = torch.empty(*batch_shape, rank, in_features, device=device, dtype=dtype)

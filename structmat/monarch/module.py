@@ -36,6 +36,8 @@ def _init_factor(weight: torch.Tensor, init: str, name: str) -> None:
 
 
 class Monarch(StructuredLinear):
+    recompute_middle: bool = False  # see monarch_multiply; MoReLinear turns it on
+
     """A Monarch matrix ``M`` (out_features, in_features); ``forward(x) = x @ M.T``.
 
     MoRe parameterization (Tan et al. 2024): ``nblocks`` blocks on each side, block rank
@@ -143,7 +145,7 @@ class Monarch(StructuredLinear):
         pad_in = st.k * st.p - self.in_features
         if pad_in:
             x = F.pad(x, (0, pad_in))
-        y = monarch_multiply(x, self.blkdiag1, self.blkdiag2)
+        y = monarch_multiply(x, self.blkdiag1, self.blkdiag2, self.recompute_middle)
         if y.shape[-1] != self.out_features:
             y = y[..., : self.out_features]
         return y

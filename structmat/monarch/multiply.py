@@ -5,22 +5,116 @@ split ``x`` into ``k`` chunks of ``p``, apply ``blkdiag1`` per chunk, re-read th
 vector of length ``k*q`` as ``(r, l)`` (block ``d`` takes the strided slice ``d, l+d, ...``),
 apply ``blkdiag2`` per block and interleave the outputs (output ``e*l + d`` from block ``d``).
 Never a dense permutation matrix: the permutations are reshapes and transposes.
+
+Two paths, same result: a block-major ``bmm`` path for unbatched factors (two batched matmuls,
+the one the adapters use) and an ``einsum`` path that also broadcasts over stacks of factors.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import torch
+
+_BACKEND = os.environ.get("STRUCTMAT_MONARCH_BACKEND", "auto")
+
+
+def set_backend(backend: str) -> None:
+    """Choose the multiply: ``"auto"`` (Triton on CUDA when installed, else PyTorch),
+    ``"torch"`` (always PyTorch bmm/einsum) or ``"triton"`` (always the fused kernel, for
+    unbatched factors; on CPU only under ``TRITON_INTERPRET=1``). Also settable with the
+    environment variable ``STRUCTMAT_MONARCH_BACKEND``."""
+    global _BACKEND
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    if backend == "triton" and importlib.util.find_spec("triton") is None:
+        raise ModuleNotFoundError("backend='triton' needs triton: pip install 'structmat[triton]'")
+    _BACKEND = backend
+
+
+def get_backend() -> str:
+    return _BACKEND
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    if _BACKEND == "torch" or torch.compiler.is_compiling():
+        return False
+    if _BACKEND == "triton":
+        return True
+    return x.is_cuda and importlib.util.find_spec("triton") is not None
 
 
 def monarch_multiply(
     x: torch.Tensor,  # (..., k*p)
     blkdiag1: torch.Tensor,  # (*batch, k, q, p)
     blkdiag2: torch.Tensor,  # (*batch, l, s, r)
+    recompute_middle: bool = False,
 ) -> torch.Tensor:  # (..., l*s)
     """Multiply ``x`` by the Monarch matrix of the two factors (no padding, no checks).
 
     With factors carrying batch dims ``(*batch,)``, ``x`` must be ``(*batch, n, k*p)``.
+    ``recompute_middle`` (unbatched factors): save only ``x`` for backward and recompute the
+    middle ``(n, k*q)`` activations there; one extra small bmm in exchange for not keeping
+    them (what an adapter wants: its input is kept by the frozen layer anyway).
     """
+    if blkdiag1.dim() == 3:
+        if _use_triton(x):
+            from .triton_kernel import MonarchTritonFunction  # lazy: triton is optional
+
+            return MonarchTritonFunction.apply(x, blkdiag1, blkdiag2)
+        if recompute_middle and torch.is_grad_enabled():
+            lead = x.shape[:-1]
+            y = _MonarchRecompute.apply(x.reshape(-1, x.shape[-1]), blkdiag1, blkdiag2)
+            return y.reshape(*lead, y.shape[-1])
+        return _multiply_bmm(x, blkdiag1, blkdiag2)
+    return _multiply_einsum(x, blkdiag1, blkdiag2)
+
+
+def _multiply_bmm(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> torch.Tensor:
+    k, q, p = blkdiag1.shape
+    l, s, r = blkdiag2.shape
+    lead = x.shape[:-1]
+    xb = x.reshape(-1, k, p).transpose(0, 1)  # (k, n, p)
+    h = _middle_to_second(torch.bmm(xb, blkdiag1.transpose(1, 2)), r, l)  # (l, n, r)
+    y = torch.bmm(h, blkdiag2.transpose(1, 2))  # (l, n, s)
+    return y.permute(1, 2, 0).reshape(*lead, s * l)  # output e*l + d
+
+
+def _middle_to_second(h: torch.Tensor, r: int, l: int) -> torch.Tensor:
+    """(k, n, q) -> (l, n, r): the middle index j = a*q + b re-read as j = c*l + d."""
+    return h.transpose(0, 1).reshape(-1, r, l).permute(2, 0, 1)
+
+
+def _second_to_middle(g: torch.Tensor, k: int, q: int) -> torch.Tensor:
+    """Inverse of :func:`_middle_to_second`: (l, n, r) -> (k, n, q)."""
+    return g.permute(1, 2, 0).reshape(-1, k, q).transpose(0, 1)
+
+
+class _MonarchRecompute(torch.autograd.Function):
+    """bmm multiply that saves only its inputs; the middle activations are recomputed."""
+
+    @staticmethod
+    def forward(ctx, x, blkdiag1, blkdiag2):  # x (n, k*p)
+        ctx.save_for_backward(x, blkdiag1, blkdiag2)
+        return _multiply_bmm(x, blkdiag1, blkdiag2)
+
+    @staticmethod
+    def backward(ctx, grad_y):  # grad_y (n, l*s)
+        x, w1, w2 = ctx.saved_tensors
+        k, q, p = w1.shape
+        l, s, r = w2.shape
+        xb = x.reshape(-1, k, p).transpose(0, 1)  # (k, n, p)
+        h2 = _middle_to_second(torch.bmm(xb, w1.transpose(1, 2)), r, l)  # (l, n, r), recomputed
+        gy = grad_y.reshape(-1, s, l).permute(2, 0, 1)  # (l, n, s)
+        grad_w2 = torch.bmm(gy.transpose(1, 2), h2) if ctx.needs_input_grad[2] else None  # (l, s, r)
+        grad_h = _second_to_middle(torch.bmm(gy, w2), k, q)  # (k, n, q)
+        grad_w1 = torch.bmm(grad_h.transpose(1, 2), xb) if ctx.needs_input_grad[1] else None  # (k, q, p)
+        grad_x = torch.bmm(grad_h, w1).transpose(0, 1).reshape(-1, k * p) if ctx.needs_input_grad[0] else None
+        return grad_x, grad_w1, grad_w2
+
+
+def _multiply_einsum(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> torch.Tensor:
     k, q, p = blkdiag1.shape[-3:]
     l, s, r = blkdiag2.shape[-3:]
     nbatch = blkdiag1.dim() - 3

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_flow
 
-from .._checks import ceil_div, check_positive_int
+from .._checks import ceil_div, check_positive_int, check_rank_fits
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,7 @@ class MonarchShape:
         check_positive_int("out_features", out_features)
         check_positive_int("nblocks", nblocks)
         check_positive_int("rank", rank)
-        if rank > min(in_features, out_features):
-            raise ValueError(
-                f"rank={rank} is larger than min(in_features, out_features)="
-                f"{min(in_features, out_features)}; such a block rank adds parameters but no capacity"
-            )
+        check_rank_fits(rank, in_features, out_features)
         p, s = ceil_div(in_features, nblocks), ceil_div(out_features, nblocks)
         if (nblocks - 1) * p >= in_features or nblocks > out_features:
             raise ValueError(

@@ -1,0 +1,136 @@
+"""The fast multiply paths (bmm, einsum, Triton via its interpreter, torch.compile) agree with
+the reference formula, gradients included. No timing here: see benchmarks/."""
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from test_monarch_reference import entrywise_monarch
+
+from structmat import Monarch
+from structmat.monarch import get_backend, set_backend
+from structmat.monarch.multiply import _multiply_bmm, _multiply_einsum
+
+TESTS = pathlib.Path(__file__).parent
+
+
+@st.composite
+def factor_shapes(draw):
+    k, q, l = draw(st.integers(1, 5)), draw(st.integers(1, 6)), draw(st.integers(1, 5))
+    while (k * q) % l:
+        l -= 1
+    return k, q, draw(st.integers(1, 6)), l, draw(st.integers(1, 6)), k * q // l
+
+
+@given(factor_shapes(), st.integers(1, 9))
+def test_bmm_and_einsum_paths_equal_reference_with_grads(shape, n):
+    k, q, p, l, s, r = shape
+    b1, b2 = torch.randn(k, q, p), torch.randn(l, s, r)
+    x = torch.randn(n, k * p)
+    ref = x @ entrywise_monarch(b1.double(), b2.double()).float().T
+    grads = []
+    for path in (_multiply_bmm, _multiply_einsum):
+        ins = [t.clone().requires_grad_(True) for t in (x, b1, b2)]
+        y = path(*ins)
+        torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+        y.backward(torch.ones_like(y))
+        grads.append([t.grad for t in ins])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_compile_module_matches_eager():
+    torch.manual_seed(0)
+    m = Monarch(48, 80, nblocks=4, rank=3)
+    compiled = torch.compile(m, backend="eager" if sys.platform == "win32" else "inductor", fullgraph=True)
+    x = torch.randn(2, 7, 48, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    y, y2 = m(x), compiled(x2)
+    torch.testing.assert_close(y2, y, rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    g1 = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    y2.sum().backward()
+    for a, p in zip(g1, m.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, a, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_backend_switch_validates():
+    assert get_backend() in ("auto", "torch", "triton")
+    with pytest.raises(ValueError, match="backend must be"):
+        set_backend("cuda")
+    set_backend("torch")
+    set_backend("auto")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (pip install triton)")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_triton_kernel_in_interpreter(seed):
+    env = os.environ | {
+        "TRITON_INTERPRET": "1",
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
+    out = subprocess.run(
+        [sys.executable, str(TESTS / "triton_interp_check.py"), str(seed)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "triton interpreter: OK" in out.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_triton_on_cuda_matches_torch():
+    m = Monarch(256, 512, 4, 4, device="cuda")
+    x = torch.randn(64, 256, device="cuda")
+    set_backend("triton")
+    try:
+        y = m(x)
+    finally:
+        set_backend("auto")
+    set_backend("torch")
+    try:
+        torch.testing.assert_close(y, m(x), rtol=1e-4, atol=1e-4)
+    finally:
+        set_backend("auto")
+
+
+@given(factor_shapes(), st.integers(1, 5))
+def test_recompute_middle_path_gradcheck(shape, n):
+    from structmat.monarch.multiply import _MonarchRecompute
+
+    k, q, p, l, s, r = shape
+    ins = [torch.randn(*sh, dtype=torch.float64, requires_grad=True) for sh in ((n, k * p), (k, q, p), (l, s, r))]
+    assert torch.autograd.gradcheck(_MonarchRecompute.apply, ins)
+    torch.testing.assert_close(_MonarchRecompute.apply(*ins), _multiply_bmm(*ins))
+
+
+def test_more_layer_saves_only_its_input():
+    """The adapter keeps no activations of its own for backward (the base layer keeps x)."""
+    from torch import nn
+
+    from structmat.adapters import MoReLinear
+
+    layer = MoReLinear(nn.Linear(64, 96).requires_grad_(False), nblocks=4, rank=4)
+    x = torch.randn(10, 64, requires_grad=True)
+    storages = set()
+
+    def pack(t):
+        storages.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x)
+    params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+    assert storages - params == {x.untyped_storage().data_ptr()}
+    y.sum().backward()
+    assert layer.more.blkdiag1.grad is not None and x.grad is not None

@@ -33,7 +33,7 @@ def reference_bmm(x, blkdiag1, blkdiag2):
     l, s, r = blkdiag2.shape
     n = x.shape[0]
     h = torch.bmm(x.reshape(n, k, p).transpose(0, 1), blkdiag1.transpose(-1, -2))  # (k, n, q)
-    h = h.transpose(0, 1).reshape(n, r, l).transpose(0, 1).transpose(1, 2).contiguous()  # (l, n, r)
+    h = h.transpose(0, 1).reshape(n, r, l).permute(2, 0, 1).contiguous()  # j = c*l + d -> (l, n, r)
     y = torch.bmm(h, blkdiag2.transpose(-1, -2))  # (l, n, s)
     return y.permute(1, 2, 0).reshape(n, l * s)
 

@@ -1,0 +1,40 @@
+"""The benchmarks run (tiny settings) and their reference implementations are right."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+BENCH = pathlib.Path(__file__).parent.parent / "benchmarks"
+
+
+def test_bench_multiply_reference_is_correct():
+    sys.path.insert(0, str(BENCH))
+    from bench_multiply import reference_bmm
+
+    from structmat import Monarch
+
+    m = Monarch(24, 40, 4, 3, dtype=torch.float64)
+    x = torch.randn(5, 24, dtype=torch.float64)
+    torch.testing.assert_close(reference_bmm(x, m.blkdiag1, m.blkdiag2), x @ m.to_dense().T)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bench_fit.py", "--sizes", "64", "--repeats", "1"],
+        ["bench_multiply.py", "--quick"],
+        ["bench_layer.py", "--quick"],
+    ],
+)
+def test_benchmark_smoke(args, tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(BENCH / args[0]), *args[1:], "--out", str(tmp_path / "r.json")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "r.json").is_file()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 
@@ -31,21 +31,3 @@ def environment() -> str:
     threads = torch.get_num_threads()
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA"
     return f"torch {torch.__version__}, {threads} CPU threads, {dev}"
-
-
-def saved_tensor_bytes(fn: Callable[[], torch.Tensor], exclude: Iterable[torch.Tensor] = ()) -> int:
-    """Bytes of distinct storages autograd keeps for backward while ``fn()`` runs (parameters
-    and ``exclude`` left out): the activation memory of a training step, exact on CPU."""
-    skip = {t.untyped_storage().data_ptr() for t in exclude}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in skip and not isinstance(t, torch.nn.Parameter):
-            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    out.sum().backward()
-    return sum(seen.values())

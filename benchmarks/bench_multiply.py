@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _timing import best_time, environment, saved_tensor_bytes  # noqa: E402
+from _timing import best_time, environment  # noqa: E402
 
 from structmat import LowRank, Monarch  # noqa: E402
+from structmat.finetune.loop import saved_tensor_bytes  # noqa: E402
 
 SHAPES = [(768, 768), (768, 3072), (4096, 4096), (4096, 11008)]  # (in, out)
 

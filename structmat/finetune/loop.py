@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -95,33 +95,36 @@ def train(
     return stats
 
 
-def training_memory_bytes(model: nn.Module, batch: Batch, loss_fn=None) -> int:
-    """Bytes one training step holds beyond the frozen weights: tensors saved for backward
-    (activations) plus gradients and AdamW state (2 tensors) of the trainable parameters.
-
-    Counted exactly with ``saved_tensors_hooks`` (parameters saved by reference are skipped),
-    so it is deterministic and comparable across methods on CPU, where no allocator
-    statistics exist.
+def saved_tensor_bytes(fn: Callable[[], torch.Tensor], exclude: Iterable[torch.Tensor] = ()) -> int:
+    """Bytes of the distinct storages autograd keeps for backward while ``fn()`` runs, then
+    runs backward on its sum. Parameters and ``exclude`` are left out: this is the
+    activation memory of a training step, counted exactly (CPU has no allocator statistics).
     """
-    loss_fn = loss_fn or (lambda m, b: m(**b).loss)
-    params = {p.data_ptr() for p in model.parameters()}
-    seen: set[tuple[int, int]] = set()
-    total = 0
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, int] = {}
 
-    def pack(t: torch.Tensor):
-        nonlocal total
-        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-        if t.untyped_storage().data_ptr() not in params and key not in seen:
-            seen.add(key)
-            total += t.untyped_storage().nbytes()
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in skip and not isinstance(t, nn.Parameter):
+            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
         return t
 
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    out.sum().backward()
+    return sum(seen.values())
+
+
+def training_memory_bytes(model: nn.Module, batch: Batch, loss_fn=None) -> int:
+    """Bytes one training step holds beyond the frozen weights: tensors saved for backward
+    (activations, via :func:`saved_tensor_bytes`) plus gradients and AdamW state (2 tensors)
+    of the trainable parameters. Deterministic and comparable across methods on CPU.
+    """
+    loss_fn = loss_fn or (lambda m, b: m(**b).loss)
     model.train()
     batch = to_device(batch, next(model.parameters()).device)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = loss_fn(model, batch)
-    loss.backward()
+    activations = saved_tensor_bytes(lambda: loss_fn(model, batch), exclude=list(model.parameters()))
     model.zero_grad(set_to_none=True)
     model.eval()
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return total + 3 * trainable
+    return activations + 3 * trainable

@@ -49,3 +49,13 @@ class TestButterflyPaddedDecreasing(StructuredLinearTestCase):
 class TestButterflyComplexBitReversal(StructuredLinearTestCase):
     def make(self, dtype):
         return Butterfly(8, complex=True, bit_reversal=True, dtype=dtype)
+
+
+def test_public_api_is_documented():
+    import structmat
+    import structmat.adapters
+    import structmat.analysis
+
+    for module in (structmat, structmat.adapters, structmat.analysis):
+        for name in module.__all__:
+            assert getattr(module, name).__doc__, f"{module.__name__}.{name} has no docstring"

@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from ..monarch import MonarchShape
@@ -72,11 +73,16 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     return out
 
 
-def read_adapter_config(path: str | os.PathLike) -> MoReConfig:
-    cfg_path = Path(path) / CONFIG_NAME
+def _read_config_text(path: Path) -> str:
+    cfg_path = path / CONFIG_NAME
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {str(path)!r}")
-    return MoReConfig.from_dict(json.loads(cfg_path.read_text()))
+    return cfg_path.read_text()
+
+
+def read_adapter_config(path: str | os.PathLike) -> MoReConfig:
+    """The :class:`MoReConfig` saved in directory ``path`` (unknown keys dropped with a warning)."""
+    return MoReConfig.from_dict(json.loads(_read_config_text(Path(path))))
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
@@ -87,18 +93,16 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     raises ``ValueError`` and leaves the model as it was.
     """
     path = Path(path)
-    cfg_text = (path / CONFIG_NAME).read_text() if (path / CONFIG_NAME).is_file() else None
-    config = read_adapter_config(path)
+    cfg_text = _read_config_text(path)
+    config = MoReConfig.from_dict(json.loads(cfg_text))
     weights_path = path / WEIGHTS_NAME
     if not weights_path.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {str(path)!r}")
-    from safetensors import safe_open
-
-    with safe_open(str(weights_path), framework="pt") as f:
+    with safe_open(str(weights_path), framework="pt") as f:  # one read: metadata and tensors
         meta = f.metadata() or {}
+        state = {key: f.get_tensor(key) for key in f.keys()}
     if meta.get("structmat_config_sha256") not in (None, hashlib.sha256(cfg_text.encode()).hexdigest()):
         raise ValueError(f"{CONFIG_NAME} and {WEIGHTS_NAME} in {str(path)!r} come from different saves")
-    state = load_file(str(weights_path))
 
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if config.base_model_type is not None and model_type != config.base_model_type:

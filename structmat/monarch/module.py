@@ -36,8 +36,6 @@ def _init_factor(weight: torch.Tensor, init: str, name: str) -> None:
 
 
 class Monarch(StructuredLinear):
-    recompute_middle: bool = False  # see monarch_multiply; MoReLinear turns it on
-
     """A Monarch matrix ``M`` (out_features, in_features); ``forward(x) = x @ M.T``.
 
     MoRe parameterization (Tan et al. 2024): ``nblocks`` blocks on each side, block rank
@@ -64,6 +62,8 @@ class Monarch(StructuredLinear):
             update starts at zero.
         batch_shape: leading dims for a stack of independent Monarch matrices.
     """
+
+    recompute_middle: bool = False  # see monarch_multiply; MoReLinear turns it on
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ the one the adapters use) and an ``einsum`` path that also broadcasts over stack
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -28,7 +29,7 @@ def set_backend(backend: str) -> None:
     global _BACKEND
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
-    if backend == "triton" and importlib.util.find_spec("triton") is None:
+    if backend == "triton" and not _triton_installed():
         raise ModuleNotFoundError("backend='triton' needs triton: pip install 'structmat[triton]'")
     _BACKEND = backend
 
@@ -37,12 +38,17 @@ def get_backend() -> str:
     return _BACKEND
 
 
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def _use_triton(x: torch.Tensor) -> bool:
     if _BACKEND == "torch" or torch.compiler.is_compiling():
         return False
     if _BACKEND == "triton":
         return True
-    return x.is_cuda and importlib.util.find_spec("triton") is not None
+    return x.is_cuda and _triton_installed()
 
 
 def monarch_multiply(

@@ -1,4 +1,4 @@
-"""Timing helpers shared by the benchmarks (wall clock, CUDA-synchronised, best of N)."""
+"""Timing helpers shared by the benchmarks (wall clock, CUDA-synchronised, best of N, interleaved)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,23 @@ def sync(device: torch.device | str) -> None:
 
 def best_time(fn: Callable[[], object], device: torch.device | str = "cpu", repeats: int = 3) -> float:
     """Best wall-clock seconds of ``repeats`` calls after one warm-up call."""
-    fn()
-    sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
+    return best_times({"fn": fn}, device, repeats)["fn"]
+
+
+def best_times(fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu", rounds: int = 5) -> dict:
+    """Best wall-clock seconds of each of ``fns`` over ``rounds`` rounds, the cases interleaved
+    (one call of each per round, after one warm-up call each), so that a slow stretch of the
+    machine hits every case alike instead of whichever happened to run then."""
+    for fn in fns.values():
         fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            best[name] = min(best[name], time.perf_counter() - t0)
     return best
 
 

@@ -38,6 +38,21 @@ def lora_layer(base: nn.Linear, rank: int) -> nn.Module:
     return layer
 
 
+def table(rows: list[dict]) -> str:
+    """The README's markdown table of a run's rows."""
+    lines = [
+        "| device | shape (in x out) | tokens | rank (params) | MoRe ms | LoRA ms | time MoRe/LoRA |"
+        " memory MoRe/LoRA |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['device']} | {r['in']}x{r['out']} | {r['tokens']} | {r['rank']} ({r['params_more']:,d}) | "
+            f"{r['more_s'] * 1e3:.1f} | {r['lora_s'] * 1e3:.1f} | {r['time_ratio']:.3f} | {r['mem_ratio']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -61,8 +76,8 @@ def main() -> None:
                 grads_lora = sum(p.numel() * p.element_size() for p in lora.parameters() if p.requires_grad)
                 for tokens in tokens_list:
                     x = torch.randn(tokens, in_f, device=device, requires_grad=True)
-                    t_m, mem_m = measure(more, x, device)
-                    t_l, mem_l = measure(lora, x, device)
+                    res = measure({"more": more, "lora": lora}, x, device)
+                    (t_m, mem_m), (t_l, mem_l) = res["more"], res["lora"]
                     if device == "cpu":
                         mem_m, mem_l = mem_m + grads_more, mem_l + grads_lora
                     row = {
@@ -90,7 +105,11 @@ def main() -> None:
     worst_t = max(r["time_ratio"] for r in rows)
     worst_m = max(r["mem_ratio"] for r in rows)
     print(f"\nworst MoRe/LoRA time ratio {worst_t:.3f}, worst memory ratio {worst_m:.3f}")
-    pathlib.Path(args.out).write_text(json.dumps({"env": environment(), "rows": rows}, indent=1))
+    out = pathlib.Path(args.out)
+    out.write_text(json.dumps({"env": environment(), "rows": rows}, indent=1))
+    out.with_suffix(".md").write_text(
+        f"Command: `python benchmarks/bench_layer.py`  \nEnvironment: {environment()}\n\n{table(rows)}\n"
+    )
 
 
 if __name__ == "__main__":

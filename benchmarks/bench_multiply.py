@@ -5,7 +5,8 @@
 
 (a) structmat ``Monarch`` (b) a straightforward bmm reference written here from
 docs/monarch-math.md (c) ``LowRank`` with the same parameter count (d) dense ``nn.Linear``.
-Ratios are against (b), measured in the same run. Memory: bytes saved for backward
+Ratios are against (b), measured in the same run: best of 5 rounds, the four cases interleaved
+within each round. Memory: bytes saved for backward
 (activations) on CPU, ``max_memory_allocated`` on CUDA.
 """
 
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _timing import best_time, environment  # noqa: E402
+from _timing import best_times, environment  # noqa: E402
 
 from structmat import LowRank, Monarch  # noqa: E402
 from structmat.finetune.loop import saved_tensor_bytes  # noqa: E402
@@ -39,21 +40,31 @@ def reference_bmm(x, blkdiag1, blkdiag2):
     return y.permute(1, 2, 0).reshape(n, l * s)
 
 
-def measure(fn, x, device, exclude=()):
+def train_step(fn, x):
+    """One forward+backward of ``fn`` on ``x`` (what is timed)."""
+
     def step():
         x.grad = None
         fn(x).sum().backward()
 
-    t = best_time(step, device, repeats=3)
+    return step
+
+
+def memory(fn, x, device, exclude=()):
+    """Bytes saved for backward (CPU, exact) or peak allocated bytes (CUDA) of one step."""
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        step()
-        mem = torch.cuda.max_memory_allocated() - base
-    else:
-        params = list(fn.parameters()) if isinstance(fn, nn.Module) else list(exclude)
-        mem = saved_tensor_bytes(lambda: fn(x), exclude=params)
-    return t, mem
+        train_step(fn, x)()
+        return torch.cuda.max_memory_allocated() - base
+    params = list(fn.parameters()) if isinstance(fn, nn.Module) else list(exclude)
+    return saved_tensor_bytes(lambda: fn(x), exclude=params)
+
+
+def measure(cases: dict, x, device, exclude=(), rounds: int = 5) -> dict:
+    """``{name: (seconds, bytes)}``; the cases' timings are interleaved (see ``best_times``)."""
+    times = best_times({name: train_step(fn, x) for name, fn in cases.items()}, device, rounds)
+    return {name: (times[name], memory(fn, x, device, exclude)) for name, fn in cases.items()}
 
 
 def run(device: str, shapes, tokens_list, ranks) -> list[dict]:
@@ -71,7 +82,7 @@ def run(device: str, shapes, tokens_list, ranks) -> list[dict]:
                     "LowRank (same params)": lr,
                     "dense nn.Linear": dense,
                 }
-                res = {name: measure(fn, x, device, exclude=m.parameters()) for name, fn in cases.items()}
+                res = measure(cases, x, device, exclude=list(m.parameters()))
                 t_ref, m_ref = res["bmm reference"]
                 for name, (t, mem) in res.items():
                     rows.append(
@@ -99,6 +110,22 @@ def run(device: str, shapes, tokens_list, ranks) -> list[dict]:
     return rows
 
 
+def table(rows: list[dict]) -> str:
+    """The README's markdown table of a run's rows."""
+    lines = [
+        "| device | shape (in x out), tokens | rank | bmm reference | structmat Monarch | LowRank (same params) |"
+        " dense nn.Linear |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        groups.setdefault((r["device"], r["in"], r["out"], r["tokens"], r["rank"]), {})[r["case"]] = r
+    for (dev, i, o, t, rank), g in groups.items():
+        ratios = " | ".join(f"{g[c]['time_ratio']:.2f}x" for c in list(g)[1:])
+        lines.append(f"| {dev} | {i}x{o}, {t} | {rank} | {g['bmm reference']['seconds'] * 1e3:.2f} ms | {ratios} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -111,7 +138,11 @@ def main() -> None:
         rows += run("cuda", shapes, tokens, ranks)
     worst = max(r["time_ratio"] for r in rows if r["case"] == "structmat Monarch")
     print(f"\nworst structmat Monarch / bmm reference time ratio: {worst:.3f}")
-    pathlib.Path(args.out).write_text(json.dumps({"env": environment(), "rows": rows}, indent=1))
+    out = pathlib.Path(args.out)
+    out.write_text(json.dumps({"env": environment(), "rows": rows}, indent=1))
+    out.with_suffix(".md").write_text(
+        f"Command: `python benchmarks/bench_multiply.py`  \nEnvironment: {environment()}\n\n{table(rows)}\n"
+    )
 
 
 if __name__ == "__main__":

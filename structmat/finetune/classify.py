@@ -9,9 +9,11 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..adapters import apply_lora, apply_more, count_parameters
+from .._checks import check_positive_int
+from ..adapters import count_parameters
 from .data import TextDataset, load_rotten_tomatoes
 from .loop import to_device, train, training_memory_bytes, world
+from .methods import adapt
 from .models import load_minilm_classifier
 
 
@@ -20,7 +22,7 @@ class FinetuneConfig:
     method: str = "more"  # "more" | "lora" | "none" (head only)
     rank: int = 1
     nblocks: int = 4
-    targets: tuple[str, ...] = ("query", "value")
+    targets: tuple[str, ...] | str = ("query", "value")  # names, or "all-linear"
     lr: float = 2e-3
     epochs: int = 1
     batch_size: int = 32
@@ -35,9 +37,7 @@ class FinetuneConfig:
         if self.method not in ("more", "lora", "none"):
             raise ValueError(f"method must be 'more', 'lora' or 'none', got {self.method!r}")
         for name in ("rank", "nblocks", "epochs", "batch_size", "max_length", "train_size", "test_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(name, getattr(self, name))
 
 
 def make_batches(data: TextDataset, tokenizer, batch_size: int, max_length: int, shuffle_seed: int | None):
@@ -69,16 +69,6 @@ def accuracy(model, batches, progress: bool | None = None) -> float:
     return correct / total
 
 
-def adapt(model, cfg: FinetuneConfig):
-    if cfg.method == "more":
-        return apply_more(model, list(cfg.targets), nblocks=cfg.nblocks, rank=cfg.rank)
-    if cfg.method == "lora":
-        return apply_lora(model, list(cfg.targets), rank=cfg.rank)
-    for n, p in model.named_parameters():
-        p.requires_grad_(n.startswith("classifier."))
-    return model
-
-
 def run_classification(cfg: FinetuneConfig, data: tuple[TextDataset, TextDataset] | None = None) -> dict:
     """Train and evaluate one configuration; returns a dict of settings and measurements."""
     train_set, test_set = data or load_rotten_tomatoes(seed=0)
@@ -88,7 +78,7 @@ def run_classification(cfg: FinetuneConfig, data: tuple[TextDataset, TextDataset
     test_set = TextDataset(test_set.texts[: cfg.test_size], test_set.labels[: cfg.test_size], test_set.label_names)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_minilm_classifier(num_labels=2)
-    model = adapt(model.to(cfg.device), cfg)
+    model = adapt(model.to(cfg.device), cfg.method, cfg.targets, cfg.rank, cfg.nblocks)
     trainable, total = count_parameters(model)
     adapter = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n)
     test_batches = make_batches(test_set, tokenizer, 64, cfg.max_length, None)
@@ -111,5 +101,5 @@ def run_classification(cfg: FinetuneConfig, data: tuple[TextDataset, TextDataset
         "train_examples": len(train_set),
         "test_examples": len(test_set),
     }
-    result["targets"] = list(cfg.targets)
+    result["targets"] = cfg.targets if isinstance(cfg.targets, str) else list(cfg.targets)
     return result

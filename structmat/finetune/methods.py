@@ -1,0 +1,22 @@
+"""The fine-tuning methods the recipes compare, applied from a config's fields."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..adapters import apply_lora, apply_more
+
+
+def adapt(model: nn.Module, method: str, targets, rank: int, nblocks: int) -> nn.Module:
+    """``"more"``: :func:`apply_more`; ``"lora"``: PEFT LoRA (alpha = 2*rank); ``"none"``: train
+    only the classifier head. ``targets``: module names or a PEFT-style string ("all-linear")."""
+    targets = targets if isinstance(targets, str) else list(targets)
+    if method == "more":
+        return apply_more(model, targets, nblocks=nblocks, rank=rank)
+    if method == "lora":
+        return apply_lora(model, targets, rank=rank)
+    if method == "none":
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.startswith("classifier."))
+        return model
+    raise ValueError(f"method must be 'more', 'lora' or 'none', got {method!r}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import pathlib
 import time
 from collections.abc import Callable
 
@@ -39,3 +41,10 @@ def environment() -> str:
     threads = torch.get_num_threads()
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA"
     return f"torch {torch.__version__}, {threads} CPU threads, {dev}"
+
+
+def write_results(out: str | pathlib.Path, rows: list[dict], command: str, table: str) -> None:
+    """``out`` (.json) with the environment and rows, and beside it (.md) the command and table."""
+    out = pathlib.Path(out)
+    out.with_suffix(".json").write_text(json.dumps({"env": environment(), "rows": rows}, indent=1))
+    out.with_suffix(".md").write_text(f"Command: `{command}`  \nEnvironment: {environment()}\n\n{table}\n")

@@ -12,7 +12,6 @@ trainable parameters (CPU); ``max_memory_allocated`` on CUDA. Ratios MoRe / LoRA
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _timing import environment  # noqa: E402
+from _timing import environment, write_results  # noqa: E402
 from bench_multiply import SHAPES, measure  # noqa: E402
 
 from structmat.adapters import MoReLinear  # noqa: E402
@@ -105,11 +104,7 @@ def main() -> None:
     worst_t = max(r["time_ratio"] for r in rows)
     worst_m = max(r["mem_ratio"] for r in rows)
     print(f"\nworst MoRe/LoRA time ratio {worst_t:.3f}, worst memory ratio {worst_m:.3f}")
-    out = pathlib.Path(args.out)
-    out.write_text(json.dumps({"env": environment(), "rows": rows}, indent=1))
-    out.with_suffix(".md").write_text(
-        f"Command: `python benchmarks/bench_layer.py`  \nEnvironment: {environment()}\n\n{table(rows)}\n"
-    )
+    write_results(args.out, rows, f"python benchmarks/bench_layer.py{' --quick' if args.quick else ''}", table(rows))
 
 
 if __name__ == "__main__":

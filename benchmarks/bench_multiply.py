@@ -13,7 +13,6 @@ within each round. Memory: bytes saved for backward
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _timing import best_times, environment  # noqa: E402
+from _timing import best_times, environment, write_results  # noqa: E402
 
 from structmat import LowRank, Monarch  # noqa: E402
 from structmat.finetune.loop import saved_tensor_bytes  # noqa: E402
@@ -138,11 +137,7 @@ def main() -> None:
         rows += run("cuda", shapes, tokens, ranks)
     worst = max(r["time_ratio"] for r in rows if r["case"] == "structmat Monarch")
     print(f"\nworst structmat Monarch / bmm reference time ratio: {worst:.3f}")
-    out = pathlib.Path(args.out)
-    out.write_text(json.dumps({"env": environment(), "rows": rows}, indent=1))
-    out.with_suffix(".md").write_text(
-        f"Command: `python benchmarks/bench_multiply.py`  \nEnvironment: {environment()}\n\n{table(rows)}\n"
-    )
+    write_results(args.out, rows, f"python benchmarks/bench_multiply.py{' --quick' if args.quick else ''}", table(rows))
 
 
 if __name__ == "__main__":

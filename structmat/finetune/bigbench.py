@@ -123,11 +123,8 @@ def task_folder() -> str:
         stat = os.stat(given)
         source = f"{os.path.realpath(given)}:{stat.st_size}:{stat.st_mtime_ns}"
     key = hashlib.sha256(json.dumps([TASK_FILES, source], sort_keys=True).encode()).hexdigest()[:8]
-    path = cache_dir(f"bigbench-tasks-{key}")
-    if os.path.isdir(path):
-        return path
-    archive = archive_path()
-    return cached_folder(path, lambda tmp: _extract_tasks(archive, tmp))
+    # the archive is located (or downloaded) only when the tasks are not cached yet
+    return cached_folder(cache_dir(f"bigbench-tasks-{key}"), lambda tmp: _extract_tasks(archive_path(), tmp))
 
 
 def _answer(task: str, example: dict) -> str:

@@ -18,11 +18,10 @@ from tqdm.auto import tqdm
 from .._checks import check_positive_int
 from ..adapters import count_parameters
 from .bigbench import TASK_FILES, QAExample, load_bigbench
-from .loop import train, training_memory_bytes, world
+from .loop import Batch, train, training_memory_bytes, world
 from .methods import adapt
 from .models import load_smollm2
 
-Batch = dict[str, torch.Tensor]
 QKV = ("q_proj", "k_proj", "v_proj")
 
 

@@ -159,8 +159,7 @@ class _ExpandedRecompute(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, blkdiag1, blkdiag2):  # x (n, k*p)
         ctx.save_for_backward(x, blkdiag1, blkdiag2)
-        R, L = expand_factors(blkdiag1, blkdiag2)
-        return (x @ R.T) @ L.T
+        return _multiply_expanded(x, blkdiag1, blkdiag2)
 
     @staticmethod
     def backward(ctx, grad_y):  # grad_y (n, l*s)

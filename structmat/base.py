@@ -74,6 +74,27 @@ class StructuredLinear(nn.Module, ABC):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (..., in_features) -> ``x @ M.T`` (..., out_features)."""
+        self._check_input(x)
+        return self._matmul(x)
+
+    def addmm(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``y + x @ M.T`` in ``y``'s dtype; ``y`` has the shape of ``forward(x)``.
+
+        What an adapter computes (``base(x) + update(x)``); a structure may fuse the add into
+        its last product instead of making the update a tensor of its own (Monarch does).
+        """
+        self._check_input(x)
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
+        return self._addmm(y, x)
+
+    def _addmm(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        update = self._matmul(x)
+        if y.shape != update.shape:
+            raise ValueError(f"y must have the shape of forward(x), {tuple(update.shape)}, got {tuple(y.shape)}")
+        return y + update.to(y.dtype)
+
+    def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         check_float_dtype("x", x.dtype, allow_complex=True)
@@ -89,7 +110,6 @@ class StructuredLinear(nn.Module, ABC):
                     f"({', '.join(map(str, self.batch_shape))}, n, {self.in_features}) "
                     f"for this batched {type(self).__name__}, got {tuple(x.shape)}"
                 )
-        return self._matmul(x)
 
     def to_dense(self) -> torch.Tensor:
         """The matrix ``M``, of shape ``(*batch_shape, out_features, in_features)``."""

@@ -70,3 +70,14 @@ def test_batched_forward_shape_checked():
         m(torch.randn(8))
     with pytest.raises(ValueError, match="batch_shape"):
         m(torch.randn(2, 4, 8))
+
+
+def test_addmm_rejects_bad_y():
+    m = Monarch(8, 12, 2, 2)
+    x = torch.randn(3, 8)
+    with pytest.raises(ValueError, match="y must have the shape of forward"):
+        m.addmm(torch.randn(3, 11), x)
+    with pytest.raises(TypeError, match="y must be a torch.Tensor"):
+        m.addmm([1.0], x)
+    with pytest.raises(ValueError, match="in_features"):
+        m.addmm(torch.randn(3, 12), torch.randn(3, 7))

@@ -131,3 +131,52 @@ def test_gradcheck(make):
         return torch.func.functional_call(op, dict(zip(names, values, strict=True)), (x,))
 
     assert torch.autograd.gradcheck(f, (x, *params))
+
+
+@pytest.mark.parametrize("expanded_max_middle", [0, 10**6], ids=["bmm", "expanded"])
+@given(monarch_args(), lead_dims, dtypes, st.booleans())
+def test_monarch_addmm_equals_add_of_forward_with_grads(expanded_max_middle, args, lead, dtype, recompute):
+    """``addmm(y, x) == y + x @ M.T`` on every path (the add is fused on some), gradients too."""
+    from structmat.monarch import multiply
+
+    in_f, out_f, nblocks, rank = args
+    old = multiply.EXPANDED_MAX_MIDDLE
+    multiply.EXPANDED_MAX_MIDDLE = expanded_max_middle
+    try:
+        m = Monarch(in_f, out_f, nblocks, rank, dtype=dtype)
+        m.recompute_middle = recompute
+        x = torch.randn(*lead, in_f, dtype=dtype, requires_grad=True)
+        y = torch.randn(*lead, out_f, dtype=dtype, requires_grad=True)
+        out = m.addmm(y, x)
+        assert out.shape == y.shape and out.dtype == dtype
+        close(out, y + x @ m.to_dense().T, dtype)
+        g = torch.randn_like(out)
+        fused = torch.autograd.grad(out, (x, y, *m.parameters()), g)
+        plain = torch.autograd.grad(y + m(x), (x, y, *m.parameters()), g)
+    finally:
+        multiply.EXPANDED_MAX_MIDDLE = old
+    for a, b in zip(fused, plain, strict=True):
+        close(a, b, dtype)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: LowRank(9, 5, 2), lambda: Butterfly(6, 8), lambda: Monarch(12, 20, 4, 3, batch_shape=(2,))]
+)
+def test_addmm_generic_and_dtype_of_y(make):
+    op = make()
+    x = torch.randn(*op.batch_shape, 3, op.in_features)
+    y = torch.randn(*op.batch_shape, 3, op.out_features, dtype=torch.float64)
+    out = op.addmm(y, x)
+    assert out.dtype == torch.float64  # y's dtype, as an adapter's base output
+    dense = op.to_dense().detach()
+    torch.testing.assert_close(out, y + (x.to(dense.dtype) @ dense.mT).real.double(), rtol=1e-5, atol=1e-5)
+
+
+def test_monarch_recompute_functions_gradcheck_with_add():
+    from structmat.monarch.multiply import _ExpandedRecompute, _MonarchRecompute
+
+    torch.manual_seed(0)
+    shapes = ((5, 12), (4, 2, 3), (2, 6, 4), (5, 12))  # x (n, k*p), blkdiag1, blkdiag2, add (n, l*s)
+    ins = [torch.randn(*sh, dtype=torch.float64, requires_grad=True) for sh in shapes]
+    for fn in (_MonarchRecompute, _ExpandedRecompute):
+        assert torch.autograd.gradcheck(fn.apply, ins)

@@ -65,8 +65,7 @@ class MoReLinear(nn.Module):
         y = self.base_layer(x)
         if self.merged or self.disabled:
             return y
-        update = self.more(self.dropout(x).to(self.more.dtype))
-        return y + update.to(y.dtype)
+        return self.more.addmm(y, self.dropout(x).to(self.more.dtype))  # y + update, fused
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:

@@ -150,6 +150,21 @@ class Monarch(StructuredLinear):
             y = y[..., : self.out_features]
         return y
 
+    def _addmm(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        st = self.structure
+        fusable = (
+            not self.batch_shape
+            and st.l * st.s == self.out_features  # no cropped output rows
+            and y.dtype == self.dtype
+            and y.shape == (*x.shape[:-1], self.out_features)
+        )
+        if not fusable:
+            return super()._addmm(y, x)
+        pad_in = st.k * st.p - self.in_features
+        if pad_in:
+            x = F.pad(x, (0, pad_in))
+        return monarch_multiply(x, self.blkdiag1, self.blkdiag2, self.recompute_middle, add=y)
+
     def _structure_repr(self) -> str:
         st = self.structure
         return f"blkdiag1=({st.k}, {st.q}, {st.p}), blkdiag2=({st.l}, {st.s}, {st.r})"

@@ -11,8 +11,8 @@ Paths, same result, picked per shape by :func:`monarch_multiply` for unbatched f
 - ``bmm``: block-major, two batched matmuls, ``k/l`` times fewer FLOPs, but the middle and
   output permutations are copies of ``(n, k*q)`` and ``(n, out)`` activations (and their
   gradients in backward);
-- ``expanded``: the factors written out as their block-sparse ``(k*q, in)`` and permuted
-  ``(out, k*q)`` matrices (``diag_embed``, built per call, ``k*q*(in+out)`` numbers), then two
+- ``expanded``: the factors written out as block-sparse ``(k*q, in)`` and ``(k*q, out)``
+  matrices (the second with the permutations folded in) (``diag_embed``, built per call, ``k*q*(in+out)`` numbers), then two
   plain matmuls: no activation copies at all. It does ``nblocks`` times the FLOPs of ``bmm``,
   which is cheap while the middle width ``k*q`` is small, the usual case for MoRe adapters
   (``k*q = nblocks * rank``), and then it is the faster one (memory traffic dominates);
@@ -67,6 +67,7 @@ def monarch_multiply(
     blkdiag1: torch.Tensor,  # (*batch, k, q, p)
     blkdiag2: torch.Tensor,  # (*batch, l, s, r)
     recompute_middle: bool = False,
+    add: torch.Tensor | None = None,  # (..., l*s)
 ) -> torch.Tensor:  # (..., l*s)
     """Multiply ``x`` by the Monarch matrix of the two factors (no padding, no checks).
 
@@ -74,50 +75,72 @@ def monarch_multiply(
     ``recompute_middle`` (unbatched factors): save only ``x`` for backward and recompute the
     middle ``(n, k*q)`` activations there; one extra small bmm in exchange for not keeping
     them (what an adapter wants: its input is kept by the frozen layer anyway).
+    ``add`` (the result's shape and dtype): return ``add + x @ M.T`` with the add fused into
+    the last step (``addmm`` on the expanded path, the output permutation's copy on the bmm
+    path), so that the update never exists as a tensor of its own.
     """
     if blkdiag1.dim() == 3:
         if _use_triton(x):
             from .triton_kernel import MonarchTritonFunction  # lazy: triton is optional
 
-            return MonarchTritonFunction.apply(x, blkdiag1, blkdiag2)
+            y = MonarchTritonFunction.apply(x, blkdiag1, blkdiag2)
+            return y if add is None else add + y
         expanded = blkdiag1.shape[0] * blkdiag1.shape[1] <= EXPANDED_MAX_MIDDLE
         if recompute_middle and torch.is_grad_enabled():
-            lead = x.shape[:-1]
             fn = _ExpandedRecompute if expanded else _MonarchRecompute
-            y = fn.apply(x.reshape(-1, x.shape[-1]), blkdiag1, blkdiag2)
-            return y.reshape(*lead, y.shape[-1])
-        return (_multiply_expanded if expanded else _multiply_bmm)(x, blkdiag1, blkdiag2)
-    return _multiply_einsum(x, blkdiag1, blkdiag2)
+            x2 = x.reshape(-1, x.shape[-1])
+            add2 = None if add is None else add.reshape(x2.shape[0], -1)
+            y = fn.apply(x2, blkdiag1, blkdiag2, add2)
+            return y.reshape(*x.shape[:-1], y.shape[-1])
+        return (_multiply_expanded if expanded else _multiply_bmm)(x, blkdiag1, blkdiag2, add)
+    y = _multiply_einsum(x, blkdiag1, blkdiag2)
+    return y if add is None else add + y
 
 
-def _multiply_bmm(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> torch.Tensor:
+def _multiply_bmm(
+    x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor, add: torch.Tensor | None = None
+) -> torch.Tensor:
     k, q, p = blkdiag1.shape
     l, s, r = blkdiag2.shape
     lead = x.shape[:-1]
     xb = x.reshape(-1, k, p).transpose(0, 1)  # (k, n, p)
     h = _middle_to_second(torch.bmm(xb, blkdiag1.transpose(1, 2)), r, l)  # (l, n, r)
-    y = torch.bmm(h, blkdiag2.transpose(1, 2))  # (l, n, s)
-    return y.permute(1, 2, 0).reshape(*lead, s * l)  # output e*l + d
+    y = torch.bmm(h, blkdiag2.transpose(1, 2)).permute(1, 2, 0)  # (n, s, l): output e*l + d
+    if add is not None:  # the add makes the permuted copy
+        y = add.reshape(-1, s, l) + y
+    return y.reshape(*lead, s * l)
 
 
 def expand_factors(
     blkdiag1: torch.Tensor,  # (k, q, p)
     blkdiag2: torch.Tensor,  # (l, s, r)
-) -> tuple[torch.Tensor, torch.Tensor]:  # (k*q, k*p), (l*s, k*q)
-    """The two factors as plain matrices ``R`` (block diagonal) and ``L`` (block diagonal with the
-    middle and output permutations folded in), so that the Monarch matrix is ``L @ R``."""
+) -> tuple[torch.Tensor, torch.Tensor]:  # (k*q, k*p), (k*q, l*s)
+    """The two factors as plain matrices ``R`` (block diagonal) and ``Lt`` (block diagonal with
+    the middle and output permutations folded in, stored transposed), so that the Monarch
+    matrix is ``Lt.T @ R`` and ``y = (x @ R.T) @ Lt``.
+
+    Both are ``(k*q, features)`` row-major: every product of the forward and backward then
+    has its long dimension contiguous (MKL runs ``grad_y.T @ h`` with a short ``h`` up to
+    10x slower than ``h.T @ grad_y``, and autograd picks the former for a transposed view).
+    """
     k, q, p = blkdiag1.shape
     l, s, r = blkdiag2.shape
     # R[a*q + b, a*p + i] = blkdiag1[a, b, i]
     R = torch.diag_embed(blkdiag1.permute(1, 2, 0), dim1=0, dim2=2).reshape(k * q, k * p)
-    # L[e*l + d, c*l + d] = blkdiag2[d, e, c]: output e*l + d from block d, middle j = c*l + d
-    L = torch.diag_embed(blkdiag2.permute(1, 2, 0), dim1=1, dim2=3).reshape(l * s, r * l)
-    return R, L
+    # Lt[c*l + d, e*l + d] = blkdiag2[d, e, c]: middle j = c*l + d feeds output e*l + d
+    Lt = torch.diag_embed(blkdiag2.permute(2, 1, 0), dim1=1, dim2=3).reshape(r * l, s * l)
+    return R, Lt
 
 
-def _multiply_expanded(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> torch.Tensor:
-    R, L = expand_factors(blkdiag1, blkdiag2)
-    return (x @ R.T) @ L.T  # (..., k*q) then (..., l*s)
+def _multiply_expanded(
+    x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor, add: torch.Tensor | None = None
+) -> torch.Tensor:
+    R, Lt = expand_factors(blkdiag1, blkdiag2)
+    h = x @ R.T  # (..., k*q)
+    if add is None:
+        return h @ Lt  # (..., l*s)
+    y = torch.addmm(add.reshape(-1, Lt.shape[1]), h.reshape(-1, Lt.shape[0]), Lt)  # (n, l*s)
+    return y.reshape(add.shape)
 
 
 def _middle_to_second(h: torch.Tensor, r: int, l: int) -> torch.Tensor:
@@ -130,13 +153,18 @@ def _second_to_middle(g: torch.Tensor, k: int, q: int) -> torch.Tensor:
     return g.permute(1, 2, 0).reshape(-1, k, q).transpose(0, 1)
 
 
+def _grad_add(ctx, grad_y: torch.Tensor) -> torch.Tensor | None:
+    """The gradient of ``add`` (passed through), when ``add`` was given and needs one."""
+    return grad_y if len(ctx.needs_input_grad) > 3 and ctx.needs_input_grad[3] else None
+
+
 class _MonarchRecompute(torch.autograd.Function):
     """bmm multiply that saves only its inputs; the middle activations are recomputed."""
 
     @staticmethod
-    def forward(ctx, x, blkdiag1, blkdiag2):  # x (n, k*p)
+    def forward(ctx, x, blkdiag1, blkdiag2, add=None):  # x (n, k*p), add (n, l*s) or None
         ctx.save_for_backward(x, blkdiag1, blkdiag2)
-        return _multiply_bmm(x, blkdiag1, blkdiag2)
+        return _multiply_bmm(x, blkdiag1, blkdiag2, add)
 
     @staticmethod
     def backward(ctx, grad_y):  # grad_y (n, l*s)
@@ -150,33 +178,33 @@ class _MonarchRecompute(torch.autograd.Function):
         grad_h = _second_to_middle(torch.bmm(gy, w2), k, q)  # (k, n, q)
         grad_w1 = torch.bmm(grad_h.transpose(1, 2), xb) if ctx.needs_input_grad[1] else None  # (k, q, p)
         grad_x = torch.bmm(grad_h, w1).transpose(0, 1).reshape(-1, k * p) if ctx.needs_input_grad[0] else None
-        return grad_x, grad_w1, grad_w2
+        return grad_x, grad_w1, grad_w2, _grad_add(ctx, grad_y)
 
 
 class _ExpandedRecompute(torch.autograd.Function):
     """Expanded-factor multiply that saves only its inputs; ``x @ R.T`` is recomputed."""
 
     @staticmethod
-    def forward(ctx, x, blkdiag1, blkdiag2):  # x (n, k*p)
+    def forward(ctx, x, blkdiag1, blkdiag2, add=None):  # x (n, k*p), add (n, l*s) or None
         ctx.save_for_backward(x, blkdiag1, blkdiag2)
-        return _multiply_expanded(x, blkdiag1, blkdiag2)
+        return _multiply_expanded(x, blkdiag1, blkdiag2, add)
 
     @staticmethod
     def backward(ctx, grad_y):  # grad_y (n, l*s)
         x, w1, w2 = ctx.saved_tensors
         k, q, p = w1.shape
         l, s, r = w2.shape
-        R, L = expand_factors(w1, w2)
-        grad_h = grad_y @ L  # (n, k*q)
+        R, Lt = expand_factors(w1, w2)
+        grad_h = grad_y @ Lt.T  # (n, k*q)
         grad_x = grad_h @ R if ctx.needs_input_grad[0] else None
         grad_w1 = grad_w2 = None
         if ctx.needs_input_grad[1]:  # the block diagonal of dR = grad_h.T @ x
             grad_R = (grad_h.T @ x).reshape(k, q, k, p)
             grad_w1 = grad_R.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (k, q, p)
-        if ctx.needs_input_grad[2]:  # the entries of dL = grad_y.T @ h that L is made of
-            grad_L = (grad_y.T @ (x @ R.T)).reshape(s, l, r, l)
-            grad_w2 = grad_L.diagonal(dim1=1, dim2=3).permute(2, 0, 1)  # (l, s, r)
-        return grad_x, grad_w1, grad_w2
+        if ctx.needs_input_grad[2]:  # the entries of dLt = h.T @ grad_y that Lt is made of
+            grad_Lt = ((x @ R.T).T @ grad_y).reshape(r, l, s, l)
+            grad_w2 = grad_Lt.diagonal(dim1=1, dim2=3).permute(2, 1, 0)  # (l, s, r)
+        return grad_x, grad_w1, grad_w2, _grad_add(ctx, grad_y)
 
 
 def _multiply_einsum(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> torch.Tensor:

@@ -71,7 +71,9 @@ class LowRank(StructuredLinear):
         return min(self.rank, self.in_features, self.out_features)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
-        return (x @ self.A.mT) @ self.B.mT
+        # B.mT made contiguous (a small (rank, out) copy): autograd then computes B's gradient
+        # as h.T @ grad_y, not grad_y.T @ h, which MKL runs several times slower for small ranks.
+        return (x @ self.A.mT) @ self.B.mT.contiguous()
 
     def to_dense(self) -> torch.Tensor:
         return self.B @ self.A

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import pathlib
+import sys
 import time
 from collections.abc import Callable
 
@@ -20,27 +23,68 @@ def best_time(fn: Callable[[], object], device: torch.device | str = "cpu", repe
     return best_times({"fn": fn}, device, repeats)["fn"]
 
 
-def best_times(fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu", rounds: int = 5) -> dict:
-    """Best wall-clock seconds of each of ``fns`` over ``rounds`` rounds, the cases interleaved
-    (one call of each per round, after one warm-up call each), so that a slow stretch of the
-    machine hits every case alike instead of whichever happened to run then."""
+def best_times(
+    fns: dict[str, Callable[[], object]],
+    device: torch.device | str = "cpu",
+    rounds: int = 5,
+    min_seconds: float = 0.0,
+    max_rounds: int = 50,
+) -> dict:
+    """Best wall-clock seconds of each of ``fns`` over at least ``rounds`` rounds, the cases
+    interleaved (one call of each per round, after one warm-up call each, the order reversed
+    every other round), so that a slow stretch of the machine hits every case alike instead of
+    whichever happened to run then. Rounds continue, up to ``max_rounds``, until the slowest
+    case has run ``min_seconds`` in all: short cases get more samples, whose minimum is then
+    less noisy, while long ones are not repeated beyond ``rounds``."""
     for fn in fns.values():
         fn()
     best = dict.fromkeys(fns, float("inf"))
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    total = dict.fromkeys(fns, 0.0)
+    names = list(fns)
+    done = 0
+    while done < rounds or (done < max_rounds and max(total.values()) < min_seconds):
+        for name in names if done % 2 == 0 else reversed(names):
             sync(device)
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             sync(device)
-            best[name] = min(best[name], time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            best[name] = min(best[name], elapsed)
+            total[name] += elapsed
+        done += 1
     return best
+
+
+_ALLOCATOR = "system default"
+
+
+def quiet_allocator() -> str:
+    """Keep freed memory in the process (glibc ``mallopt``: no mmap, no trimming).
+
+    By default glibc gives every allocation of more than 32 MB (and, after trimming, smaller
+    ones too) fresh pages from the kernel, which zeroes them on first touch: on this 2-core
+    machine that was a third to a half of the CPU time of a (4096, 3072) forward+backward, and
+    its run-to-run spread was the +-30% noise of earlier runs. This is what a caching allocator
+    (PyTorch's own on CUDA, jemalloc/tcmalloc on CPU) does anyway; it applies to every case alike.
+    Returns a description for the results (unchanged elsewhere than Linux/glibc)."""
+    global _ALLOCATOR
+    if not sys.platform.startswith("linux"):
+        return _ALLOCATOR
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        ok = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**30) == 1
+    except (OSError, AttributeError):
+        ok = False
+    if ok:
+        _ALLOCATOR = "glibc, mmap off, trim threshold 1 GiB"
+    return _ALLOCATOR
 
 
 def environment() -> str:
     threads = torch.get_num_threads()
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA"
-    return f"torch {torch.__version__}, {threads} CPU threads, {dev}"
+    return f"torch {torch.__version__}, {threads} CPU threads, {dev}; CPU allocator: {_ALLOCATOR}"
 
 
 def write_results(out: str | pathlib.Path, rows: list[dict], command: str, table: str) -> None:

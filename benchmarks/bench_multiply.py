@@ -5,9 +5,13 @@
 
 (a) structmat ``Monarch`` (b) a straightforward bmm reference written here from
 docs/monarch-math.md (c) ``LowRank`` with the same parameter count (d) dense ``nn.Linear``.
-Ratios are against (b), measured in the same run: best of 5 rounds, the four cases interleaved
-within each round. Memory: bytes saved for backward
-(activations) on CPU, ``max_memory_allocated`` on CUDA.
+Ratios are against (b), measured in the same run: best of at least 5 rounds (more, up to 50,
+until the slowest case has run 2 s), the four cases interleaved within each round. Backward gets a
+dense upstream gradient, as inside a network (``.sum()`` would hand every case a stride-0
+gradient that matmuls first copy). On CPU the process keeps freed memory
+(``_timing.quiet_allocator``; ``--system-malloc`` leaves glibc's default, whose page faults
+were a third to a half of the CPU time, vmstat's ``sy`` column, and most of the noise).
+Memory: bytes saved for backward (activations) on CPU, ``max_memory_allocated`` on CUDA.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _timing import best_times, environment, write_results  # noqa: E402
+from _timing import best_times, environment, quiet_allocator, write_results  # noqa: E402
 
 from structmat import LowRank, Monarch  # noqa: E402
 from structmat.finetune.loop import saved_tensor_bytes  # noqa: E402
@@ -40,11 +44,15 @@ def reference_bmm(x, blkdiag1, blkdiag2):
 
 
 def train_step(fn, x):
-    """One forward+backward of ``fn`` on ``x`` (what is timed)."""
+    """One forward+backward of ``fn`` on ``x`` with a fixed dense upstream gradient (timed)."""
+    grad = []
 
     def step():
         x.grad = None
-        fn(x).sum().backward()
+        y = fn(x)
+        if not grad:
+            grad.append(torch.randn_like(y))
+        y.backward(grad[0])
 
     return step
 
@@ -60,13 +68,14 @@ def memory(fn, x, device, exclude=()):
     return saved_tensor_bytes(lambda: fn(x), exclude=params)
 
 
-def measure(cases: dict, x, device, exclude=(), rounds: int = 5) -> dict:
-    """``{name: (seconds, bytes)}``; the cases' timings are interleaved (see ``best_times``)."""
-    times = best_times({name: train_step(fn, x) for name, fn in cases.items()}, device, rounds)
+def measure(cases: dict, x, device, exclude=(), min_seconds: float = 2.0) -> dict:
+    """``{name: (seconds, bytes)}``; the cases' timings are interleaved (see ``best_times``:
+    at least 5 rounds, more until the slowest case has run ``min_seconds``, at most 50)."""
+    times = best_times({name: train_step(fn, x) for name, fn in cases.items()}, device, 5, min_seconds)
     return {name: (times[name], memory(fn, x, device, exclude)) for name, fn in cases.items()}
 
 
-def run(device: str, shapes, tokens_list, ranks) -> list[dict]:
+def run(device: str, shapes, tokens_list, ranks, min_seconds: float = 2.0) -> list[dict]:
     rows = []
     for in_f, out_f in shapes:
         for tokens in tokens_list:
@@ -81,7 +90,7 @@ def run(device: str, shapes, tokens_list, ranks) -> list[dict]:
                     "LowRank (same params)": lr,
                     "dense nn.Linear": dense,
                 }
-                res = measure(cases, x, device, exclude=list(m.parameters()))
+                res = measure(cases, x, device, exclude=list(m.parameters()), min_seconds=min_seconds)
                 t_ref, m_ref = res["bmm reference"]
                 for name, (t, mem) in res.items():
                     rows.append(
@@ -128,16 +137,20 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--system-malloc", action="store_true", help="leave glibc's allocator settings as they are")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "bench_multiply.json"))
     args = ap.parse_args()
+    if not args.system_malloc:
+        quiet_allocator()
     shapes, tokens, ranks = (SHAPES[:2], [512], [1, 4]) if args.quick else (SHAPES, [512, 4096], [1, 4, 8])
     print(environment())
-    rows = run("cpu", shapes, tokens, ranks)
+    min_seconds = 0.0 if args.quick else 2.0
+    rows = run("cpu", shapes, tokens, ranks, min_seconds)
     if torch.cuda.is_available():
-        rows += run("cuda", shapes, tokens, ranks)
+        rows += run("cuda", shapes, tokens, ranks, min_seconds)
     worst = max(r["time_ratio"] for r in rows if r["case"] == "structmat Monarch")
     print(f"\nworst structmat Monarch / bmm reference time ratio: {worst:.3f}")
-    write_results(args.out, rows, f"python benchmarks/bench_multiply.py{' --quick' if args.quick else ''}", table(rows))
+    write_results(args.out, rows, " ".join(["python", "benchmarks/bench_multiply.py", *sys.argv[1:]]), table(rows))
 
 
 if __name__ == "__main__":

@@ -38,3 +38,13 @@ def test_benchmark_smoke(args, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "r.json").is_file()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
+def test_quiet_allocator_takes_effect_and_is_reported():
+    code = "import _timing; print(_timing.quiet_allocator()); print(_timing.environment())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=BENCH, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "glibc, mmap off, trim threshold 1 GiB"
+    assert lines[1].endswith("CPU allocator: glibc, mmap off, trim threshold 1 GiB")

@@ -12,10 +12,11 @@ Paths, same result, picked per shape by :func:`monarch_multiply` for unbatched f
   output permutations are copies of ``(n, k*q)`` and ``(n, out)`` activations (and their
   gradients in backward);
 - ``expanded``: the factors written out as block-sparse ``(k*q, in)`` and ``(k*q, out)``
-  matrices (the second with the permutations folded in) (``diag_embed``, built per call, ``k*q*(in+out)`` numbers), then two
-  plain matmuls: no activation copies at all. It does ``nblocks`` times the FLOPs of ``bmm``,
-  which is cheap while the middle width ``k*q`` is small, the usual case for MoRe adapters
-  (``k*q = nblocks * rank``), and then it is the faster one (memory traffic dominates);
+  matrices, the second with the permutations folded in (``diag_embed``, built per call,
+  ``k*q*(in+out)`` numbers), then two plain matmuls: no activation copies at all. It does
+  ``nblocks`` times the FLOPs of ``bmm``, which is cheap while the middle width ``k*q`` is
+  small, the usual case for MoRe adapters (``k*q = nblocks * rank``), and then it is the
+  faster one (memory traffic dominates);
 - ``einsum``: broadcasts over stacks of factors.
 """
 

@@ -5,7 +5,9 @@
 
 Both wrap the same frozen ``nn.Linear``; MoRe has nblocks 4 and block rank r, LoRA rank r
 (both ``r*(in+out)`` trainable parameters). Forward+backward with an input that requires
-grad (as inside a network). Memory: bytes saved for backward plus gradients of the
+grad and a dense upstream gradient (as inside a network), timed as in ``bench_multiply.py``
+(best of at least 5 interleaved rounds, more until the slower layer has run 10 s; CPU allocator kept
+quiet unless ``--system-malloc``). Memory: bytes saved for backward plus gradients of the
 trainable parameters (CPU); ``max_memory_allocated`` on CUDA. Ratios MoRe / LoRA, same run.
 """
 
@@ -19,10 +21,14 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _timing import environment, write_results  # noqa: E402
+from _timing import environment, quiet_allocator, write_results  # noqa: E402
 from bench_multiply import SHAPES, measure  # noqa: E402
 
 from structmat.adapters import MoReLinear  # noqa: E402
+
+# Rounds continue (up to 50) until the slower layer has run this long: the frozen matmul is most of
+# every step, so the adapters' difference is a few percent and needs many samples to resolve.
+MIN_SECONDS = 10.0
 
 
 def lora_layer(base: nn.Linear, rank: int) -> nn.Module:
@@ -55,8 +61,11 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--system-malloc", action="store_true", help="leave glibc's allocator settings as they are")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "bench_layer.json"))
     args = ap.parse_args()
+    if not args.system_malloc:
+        quiet_allocator()
     shapes, tokens_list, ranks = (SHAPES[:2], [512], [1, 4]) if args.quick else (SHAPES, [512, 4096], [1, 4, 8])
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(environment())
@@ -75,7 +84,9 @@ def main() -> None:
                 grads_lora = sum(p.numel() * p.element_size() for p in lora.parameters() if p.requires_grad)
                 for tokens in tokens_list:
                     x = torch.randn(tokens, in_f, device=device, requires_grad=True)
-                    res = measure({"more": more, "lora": lora}, x, device)
+                    res = measure(
+                        {"more": more, "lora": lora}, x, device, min_seconds=0.0 if args.quick else MIN_SECONDS
+                    )
                     (t_m, mem_m), (t_l, mem_l) = res["more"], res["lora"]
                     if device == "cpu":
                         mem_m, mem_l = mem_m + grads_more, mem_l + grads_lora
@@ -104,7 +115,7 @@ def main() -> None:
     worst_t = max(r["time_ratio"] for r in rows)
     worst_m = max(r["mem_ratio"] for r in rows)
     print(f"\nworst MoRe/LoRA time ratio {worst_t:.3f}, worst memory ratio {worst_m:.3f}")
-    write_results(args.out, rows, f"python benchmarks/bench_layer.py{' --quick' if args.quick else ''}", table(rows))
+    write_results(args.out, rows, " ".join(["python", "benchmarks/bench_layer.py", *sys.argv[1:]]), table(rows))
 
 
 if __name__ == "__main__":

@@ -140,12 +140,12 @@ class Monarch(StructuredLinear):
     def max_rank(self) -> int:
         return self.structure.rank_capacity
 
-    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+    def _matmul(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
         st = self.structure
         pad_in = st.k * st.p - self.in_features
         if pad_in:
             x = F.pad(x, (0, pad_in))
-        y = monarch_multiply(x, self.blkdiag1, self.blkdiag2, self.recompute_middle)
+        y = monarch_multiply(x, self.blkdiag1, self.blkdiag2, self.recompute_middle, add=add)
         if y.shape[-1] != self.out_features:
             y = y[..., : self.out_features]
         return y
@@ -158,12 +158,7 @@ class Monarch(StructuredLinear):
             and y.dtype == self.dtype
             and y.shape == (*x.shape[:-1], self.out_features)
         )
-        if not fusable:
-            return super()._addmm(y, x)
-        pad_in = st.k * st.p - self.in_features
-        if pad_in:
-            x = F.pad(x, (0, pad_in))
-        return monarch_multiply(x, self.blkdiag1, self.blkdiag2, self.recompute_middle, add=y)
+        return self._matmul(x, add=y) if fusable else super()._addmm(y, x)
 
     def _structure_repr(self) -> str:
         st = self.structure

@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import json
 import pathlib
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -30,7 +31,18 @@ def best_times(
     min_seconds: float = 0.0,
     max_rounds: int = 50,
 ) -> dict:
-    """Best wall-clock seconds of each of ``fns`` over at least ``rounds`` rounds, the cases
+    """Best wall-clock seconds of each of ``fns`` over :func:`interleaved_rounds`."""
+    return {name: min(ts) for name, ts in interleaved_rounds(fns, device, rounds, min_seconds, max_rounds).items()}
+
+
+def interleaved_rounds(
+    fns: dict[str, Callable[[], object]],
+    device: torch.device | str = "cpu",
+    rounds: int = 5,
+    min_seconds: float = 0.0,
+    max_rounds: int = 50,
+) -> dict[str, list[float]]:
+    """Wall-clock seconds of each of ``fns`` in each of at least ``rounds`` rounds, the cases
     interleaved (one call of each per round, after one warm-up call each, the order reversed
     every other round), so that a slow stretch of the machine hits every case alike instead of
     whichever happened to run then. Rounds continue, up to ``max_rounds``, until the slowest
@@ -38,21 +50,24 @@ def best_times(
     less noisy, while long ones are not repeated beyond ``rounds``."""
     for fn in fns.values():
         fn()
-    best = dict.fromkeys(fns, float("inf"))
-    total = dict.fromkeys(fns, 0.0)
+    times: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
     done = 0
-    while done < rounds or (done < max_rounds and max(total.values()) < min_seconds):
+    while done < rounds or (done < max_rounds and max(sum(ts) for ts in times.values()) < min_seconds):
         for name in names if done % 2 == 0 else reversed(names):
             sync(device)
             t0 = time.perf_counter()
             fns[name]()
             sync(device)
-            elapsed = time.perf_counter() - t0
-            best[name] = min(best[name], elapsed)
-            total[name] += elapsed
+            times[name].append(time.perf_counter() - t0)
         done += 1
-    return best
+    return times
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    """Median over rounds of ``a[i] / b[i]``: the two cases ran back to back in each round, so a
+    slow stretch of a shared machine (steal time, a neighbour's load) divides out."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 _ALLOCATOR = "system default"

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _timing import best_times, environment, quiet_allocator, write_results  # noqa: E402
+from _timing import environment, interleaved_rounds, quiet_allocator, write_results  # noqa: E402
 
 from structmat import LowRank, Monarch  # noqa: E402
 from structmat.finetune.loop import saved_tensor_bytes  # noqa: E402
@@ -69,10 +69,11 @@ def memory(fn, x, device, exclude=()):
 
 
 def measure(cases: dict, x, device, exclude=(), min_seconds: float = 2.0) -> dict:
-    """``{name: (seconds, bytes)}``; the cases' timings are interleaved (see ``best_times``:
-    at least 5 rounds, more until the slowest case has run ``min_seconds``, at most 50)."""
-    times = best_times({name: train_step(fn, x) for name, fn in cases.items()}, device, 5, min_seconds)
-    return {name: (times[name], memory(fn, x, device, exclude)) for name, fn in cases.items()}
+    """``{name: (best seconds, bytes, seconds per round)}``; the cases' timings are interleaved
+    (see ``interleaved_rounds``: at least 5 rounds, more until the slowest case has run
+    ``min_seconds``, at most 50)."""
+    times = interleaved_rounds({name: train_step(fn, x) for name, fn in cases.items()}, device, 5, min_seconds)
+    return {name: (min(times[name]), memory(fn, x, device, exclude), times[name]) for name, fn in cases.items()}
 
 
 def run(device: str, shapes, tokens_list, ranks, min_seconds: float = 2.0) -> list[dict]:
@@ -91,8 +92,8 @@ def run(device: str, shapes, tokens_list, ranks, min_seconds: float = 2.0) -> li
                     "dense nn.Linear": dense,
                 }
                 res = measure(cases, x, device, exclude=list(m.parameters()), min_seconds=min_seconds)
-                t_ref, m_ref = res["bmm reference"]
-                for name, (t, mem) in res.items():
+                t_ref, m_ref, _ = res["bmm reference"]
+                for name, (t, mem, _) in res.items():
                     rows.append(
                         {
                             "device": device,
@@ -111,7 +112,7 @@ def run(device: str, shapes, tokens_list, ranks, min_seconds: float = 2.0) -> li
                     f"[{device}] {in_f}x{out_f} tokens={tokens} rank={rank}: "
                     + ", ".join(
                         f"{name} {t * 1e3:.2f} ms ({t / t_ref:.2f}x, mem {mem / m_ref:.2f}x)"
-                        for name, (t, mem) in res.items()
+                        for name, (t, mem, _) in res.items()
                     ),
                     flush=True,
                 )

@@ -144,3 +144,73 @@ def test_more_layer_saves_only_its_input(monkeypatch, expanded_max_middle):
     assert storages - params == {x.untyped_storage().data_ptr()}
     y.sum().backward()
     assert layer.more.blkdiag1.grad is not None and x.grad is not None
+
+
+@st.composite
+def layer_shapes(draw):
+    k = draw(st.integers(1, 4))
+    in_f, out_f = k * draw(st.integers(1, 5)), k * draw(st.integers(1, 5))
+    return in_f, out_f, k, draw(st.integers(1, min(4, in_f, out_f)))
+
+
+@given(layer_shapes(), st.integers(1, 6), st.booleans(), st.booleans(), st.booleans())
+def test_fused_more_layer_equals_unfused_with_grads(shape, n, bias, train_base, batched):
+    """MoReLinear's one-node fast path gives the unfused values and every gradient (x, both
+    factors, and the base weight and bias when they are trained)."""
+    from torch import nn
+
+    from structmat.adapters import MoReLinear
+
+    in_f, out_f, k, rank = shape
+    base = nn.Linear(in_f, out_f, bias=bias, dtype=torch.float64).requires_grad_(train_base)
+    layer = MoReLinear(base, nblocks=k, rank=rank)
+    with torch.no_grad():
+        layer.more.blkdiag2.normal_()
+    x = torch.randn(*((2, n) if batched else (n,)), in_f, dtype=torch.float64, requires_grad=True)
+    assert layer._fusable(x)
+    results = []
+    for fused in (True, False):
+        layer.fused = fused
+        layer.zero_grad()
+        x.grad = None
+        y = layer(x)
+        y.backward(torch.ones_like(y) + torch.arange(y.numel(), dtype=y.dtype).reshape(y.shape) / y.numel())
+        params = [p.grad.clone() for p in layer.parameters() if p.requires_grad]
+        results.append([y.detach(), x.grad.clone(), *params])
+    assert len(results[0]) == 2 + 2 + (1 + bias if train_base else 0)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_fused_more_layer_gradcheck():
+    from structmat.adapters.fused import FrozenLinearMonarch
+
+    ins = [
+        torch.randn(*sh, dtype=torch.float64, requires_grad=True)
+        for sh in ((5, 12), (6, 12), (6,), (3, 2, 4), (3, 2, 2))  # x, W, b, (k, q, p), (l, s, r)
+    ]
+    assert torch.autograd.gradcheck(FrozenLinearMonarch.apply, ins)
+
+
+def test_fused_more_layer_steps_aside_when_it_would_change_the_result():
+    """Hooks on the base, training dropout, a dtype mismatch or padding take the unfused path."""
+    from torch import nn
+
+    from structmat.adapters import MoReLinear
+
+    x = torch.randn(3, 16)
+    layer = MoReLinear(nn.Linear(16, 8), nblocks=4, rank=2)
+    assert layer._fusable(x)
+    calls = []
+    handle = layer.base_layer.register_forward_hook(lambda *a: calls.append(1))
+    assert not layer._fusable(x)
+    layer(x)
+    assert calls == [1]
+    handle.remove()
+    assert not layer._fusable(x.double())
+    with_dropout = MoReLinear(nn.Linear(16, 8), nblocks=4, rank=2, dropout=0.1)
+    assert not with_dropout._fusable(x)
+    assert with_dropout.eval()._fusable(x)
+    assert not MoReLinear(nn.Linear(15, 8), nblocks=4, rank=2)._fusable(torch.randn(3, 15))
+    layer.fused = False
+    assert not layer._fusable(x)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..monarch import Monarch
+from ..monarch import Monarch, multiply
+from .fused import FrozenLinearMonarch
 
 
 def base_shape(base: nn.Module) -> tuple[int, int]:
@@ -26,7 +27,14 @@ class MoReLinear(nn.Module):
 
     ``merge()`` folds ``ΔW = more.to_dense()`` into the base weight and keeps the original
     weight so that ``unmerge()`` restores it bit for bit.
+
+    For a plain ``nn.Linear`` base (no hooks, no dropout, one dtype, small middle width, no
+    Triton) the base and the update run as one autograd node
+    (:class:`~structmat.adapters.fused.FrozenLinearMonarch`); ``fused = False`` turns that off.
+    Both ways give the same values and gradients.
     """
+
+    fused: bool = True
 
     def __init__(self, base_layer: nn.Module, nblocks: int = 4, rank: int = 4, dropout: float = 0.0):
         super().__init__()
@@ -62,10 +70,33 @@ class MoReLinear(nn.Module):
         return delta.T if self.is_conv1d else delta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.merged or self.disabled) and self._fusable(x):
+            base = self.base_layer
+            return FrozenLinearMonarch.apply(x, base.weight, base.bias, self.more.blkdiag1, self.more.blkdiag2)
         y = self.base_layer(x)
         if self.merged or self.disabled:
             return y
         return self.more.addmm(y, self.dropout(x).to(self.more.dtype))  # y + update, fused
+
+    def _fusable(self, x: torch.Tensor) -> bool:
+        """Whether :class:`FrozenLinearMonarch` computes exactly what the unfused path would."""
+        base, st = self.base_layer, self.more.structure
+        module_hooks = nn.modules.module
+        return (
+            self.fused
+            and type(base) is nn.Linear  # a subclass (quantized, ...) keeps its own forward
+            and "forward" not in base.__dict__  # nor a patched instance (accelerate's hooks)
+            and not (base._forward_hooks or base._forward_pre_hooks)
+            and not (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)
+            and (isinstance(self.dropout, nn.Identity) or not self.dropout.training)
+            and x.dtype == base.weight.dtype == self.more.dtype
+            and not self.more.batch_shape
+            and st.k * st.p == self.in_features  # no padding
+            and st.l * st.s == self.out_features  # no cropping
+            and st.k * st.q <= multiply.EXPANDED_MAX_MIDDLE
+            and not multiply._use_triton(x)
+            and not torch.is_autocast_enabled(x.device.type)
+        )
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:

@@ -124,13 +124,43 @@ def expand_factors(
     has its long dimension contiguous (MKL runs ``grad_y.T @ h`` with a short ``h`` up to
     10x slower than ``h.T @ grad_y``, and autograd picks the former for a transposed view).
     """
+    return expand_first(blkdiag1), expand_second(blkdiag2)
+
+
+def expand_first(blkdiag1: torch.Tensor) -> torch.Tensor:  # (k, q, p) -> (k*q, k*p)
+    """``R[a*q + b, a*p + i] = blkdiag1[a, b, i]`` (see :func:`expand_factors`)."""
     k, q, p = blkdiag1.shape
+    return torch.diag_embed(blkdiag1.permute(1, 2, 0), dim1=0, dim2=2).reshape(k * q, k * p)
+
+
+def expand_second(blkdiag2: torch.Tensor) -> torch.Tensor:  # (l, s, r) -> (r*l, l*s)
+    """``Lt[c*l + d, e*l + d] = blkdiag2[d, e, c]``: middle ``j = c*l + d`` feeds output
+    ``e*l + d`` (see :func:`expand_factors`)."""
     l, s, r = blkdiag2.shape
-    # R[a*q + b, a*p + i] = blkdiag1[a, b, i]
-    R = torch.diag_embed(blkdiag1.permute(1, 2, 0), dim1=0, dim2=2).reshape(k * q, k * p)
-    # Lt[c*l + d, e*l + d] = blkdiag2[d, e, c]: middle j = c*l + d feeds output e*l + d
-    Lt = torch.diag_embed(blkdiag2.permute(2, 1, 0), dim1=1, dim2=3).reshape(r * l, s * l)
-    return R, Lt
+    return torch.diag_embed(blkdiag2.permute(2, 1, 0), dim1=1, dim2=3).reshape(r * l, s * l)
+
+
+def first_factor_grad(
+    grad_h: torch.Tensor,  # (n, k*q), the gradient of the middle x @ R.T
+    x: torch.Tensor,  # (n, k*p)
+    k: int,
+) -> torch.Tensor:  # (k, q, p)
+    """The gradient of ``blkdiag1``: one bmm over the blocks, reading ``x`` and ``grad_h``
+    through strided views (no copies, and ``k`` times fewer FLOPs than the block diagonal of
+    ``grad_h.T @ x``, which measured 3x slower on CPU)."""
+    n = x.shape[0]
+    return torch.bmm(grad_h.reshape(n, k, -1).permute(1, 2, 0), x.reshape(n, k, -1).transpose(0, 1))
+
+
+def second_factor_grad(
+    h: torch.Tensor,  # (n, r*l), the middle
+    grad_y: torch.Tensor,  # (n, l*s)
+    l: int,
+) -> torch.Tensor:  # (l, s, r)
+    """The gradient of ``blkdiag2``: the entries of ``dLt = h.T @ grad_y`` that ``Lt`` is made
+    of (a block copy through the output permutation would cost a pass over ``grad_y``)."""
+    r, s = h.shape[1] // l, grad_y.shape[1] // l
+    return (h.T @ grad_y).reshape(r, l, s, l).diagonal(dim1=1, dim2=3).permute(2, 1, 0)
 
 
 def _multiply_expanded(
@@ -193,18 +223,12 @@ class _ExpandedRecompute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):  # grad_y (n, l*s)
         x, w1, w2 = ctx.saved_tensors
-        k, q, p = w1.shape
-        l, s, r = w2.shape
+        k, l = w1.shape[0], w2.shape[0]
         R, Lt = expand_factors(w1, w2)
         grad_h = grad_y @ Lt.T  # (n, k*q)
         grad_x = grad_h @ R if ctx.needs_input_grad[0] else None
-        grad_w1 = grad_w2 = None
-        if ctx.needs_input_grad[1]:  # the block diagonal of dR = grad_h.T @ x
-            grad_R = (grad_h.T @ x).reshape(k, q, k, p)
-            grad_w1 = grad_R.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (k, q, p)
-        if ctx.needs_input_grad[2]:  # the entries of dLt = h.T @ grad_y that Lt is made of
-            grad_Lt = ((x @ R.T).T @ grad_y).reshape(r, l, s, l)
-            grad_w2 = grad_Lt.diagonal(dim1=1, dim2=3).permute(2, 1, 0)  # (l, s, r)
+        grad_w1 = first_factor_grad(grad_h, x, k) if ctx.needs_input_grad[1] else None
+        grad_w2 = second_factor_grad(x @ R.T, grad_y, l) if ctx.needs_input_grad[2] else None
         return grad_x, grad_w1, grad_w2, _grad_add(ctx, grad_y)
 
 

@@ -6,7 +6,7 @@
 Both wrap the same frozen ``nn.Linear``; MoRe has nblocks 4 and block rank r, LoRA rank r
 (both ``r*(in+out)`` trainable parameters). Forward+backward with an input that requires
 grad and a dense upstream gradient (as inside a network), timed as in ``bench_multiply.py``
-(at least 5 interleaved rounds, more until the slower layer has run 10 s; CPU allocator kept
+(at least 10 interleaved rounds, more, up to 50, until the slower layer has run 150 s; CPU allocator kept
 quiet unless ``--system-malloc``). Two time ratios MoRe / LoRA: best round over best round, and
 the median over rounds of the ratio of the two back-to-back steps of a round (a slow stretch of a
 shared machine divides out of it). Memory: bytes saved for backward plus gradients of the
@@ -28,9 +28,12 @@ from bench_multiply import SHAPES, measure  # noqa: E402
 
 from structmat.adapters import MoReLinear  # noqa: E402
 
-# Rounds continue (up to 50) until the slower layer has run this long: the frozen matmul is most of
-# every step, so the adapters' difference is a few percent and needs many samples to resolve.
-MIN_SECONDS = 10.0
+# At least MIN_ROUNDS rounds, more (up to 50) until the slower layer has run MIN_SECONDS: the frozen
+# matmul is most of every step, so the adapters' difference is a few percent, while on the 2-core
+# machine of the README the same step varies far more (the frozen 4096x11008 layer alone, 4096
+# tokens: 5.9-9.2 s in 8 rounds), so it takes many samples to resolve.
+MIN_ROUNDS = 10
+MIN_SECONDS = 150.0
 
 
 def lora_layer(base: nn.Linear, rank: int) -> nn.Module:
@@ -88,7 +91,11 @@ def main() -> None:
                 for tokens in tokens_list:
                     x = torch.randn(tokens, in_f, device=device, requires_grad=True)
                     res = measure(
-                        {"more": more, "lora": lora}, x, device, min_seconds=0.0 if args.quick else MIN_SECONDS
+                        {"more": more, "lora": lora},
+                        x,
+                        device,
+                        min_seconds=0.0 if args.quick else MIN_SECONDS,
+                        rounds=5 if args.quick else MIN_ROUNDS,
                     )
                     (t_m, mem_m, rounds_m), (t_l, mem_l, rounds_l) = res["more"], res["lora"]
                     paired = median_ratio(rounds_m, rounds_l)

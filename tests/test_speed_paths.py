@@ -214,3 +214,27 @@ def test_fused_more_layer_steps_aside_when_it_would_change_the_result():
     assert not MoReLinear(nn.Linear(15, 8), nblocks=4, rank=2)._fusable(torch.randn(3, 15))
     layer.fused = False
     assert not layer._fusable(x)
+
+
+def test_torch_compile_fused_more_layer_matches_eager():
+    from torch import nn
+
+    from structmat.adapters import MoReLinear
+
+    torch.manual_seed(0)
+    layer = MoReLinear(nn.Linear(48, 80).requires_grad_(False), nblocks=4, rank=2)
+    with torch.no_grad():
+        layer.more.blkdiag2.normal_()
+    x = torch.randn(2, 7, 48, requires_grad=True)
+    assert layer._fusable(x)
+    compiled = torch.compile(layer, backend="eager" if sys.platform == "win32" else "inductor", fullgraph=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    y, y2 = layer(x), compiled(x2)
+    torch.testing.assert_close(y2, y, rtol=1e-5, atol=1e-5)
+    y.square().sum().backward()
+    grads = [p.grad.clone() for p in (layer.more.blkdiag1, layer.more.blkdiag2)]
+    layer.zero_grad()
+    y2.square().sum().backward()
+    for a, p in zip(grads, (layer.more.blkdiag1, layer.more.blkdiag2), strict=True):
+        torch.testing.assert_close(p.grad, a, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-5)

@@ -37,7 +37,6 @@ class FrozenLinearMonarch(torch.autograd.Function):
         blkdiag2: torch.Tensor,  # (l, s, r), l*s == out, l*r == k*q
     ) -> torch.Tensor:  # (..., out)
         ctx.save_for_backward(x, weight, blkdiag1, blkdiag2)
-        ctx.has_bias = bias is not None
         x2 = x.reshape(-1, x.shape[-1])  # (n, in)
         y = F.linear(x2, weight, bias)  # (n, out)
         y.addmm_(x2 @ expand_first(blkdiag1).T, expand_second(blkdiag2))  # + (n, k*q) @ (k*q, out)
@@ -56,7 +55,7 @@ class FrozenLinearMonarch(torch.autograd.Function):
             grad_x = (g @ weight).addmm_(grad_h, R).reshape(x.shape)  # base + update, in place
         if need_w:
             grad_w = g.T @ x2
-        if need_b and ctx.has_bias:
+        if need_b:  # False when bias is None
             grad_b = g.sum(0)
         if need_w1:
             grad_w1 = first_factor_grad(grad_h, x2, w1.shape[0])

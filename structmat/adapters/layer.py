@@ -70,13 +70,12 @@ class MoReLinear(nn.Module):
         return delta.T if self.is_conv1d else delta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.merged or self.disabled) and self._fusable(x):
-            base = self.base_layer
-            return FrozenLinearMonarch.apply(x, base.weight, base.bias, self.more.blkdiag1, self.more.blkdiag2)
-        y = self.base_layer(x)
+        base = self.base_layer
         if self.merged or self.disabled:
-            return y
-        return self.more.addmm(y, self.dropout(x).to(self.more.dtype))  # y + update, fused
+            return base(x)
+        if self._fusable(x):
+            return FrozenLinearMonarch.apply(x, base.weight, base.bias, self.more.blkdiag1, self.more.blkdiag2)
+        return self.more.addmm(base(x), self.dropout(x).to(self.more.dtype))  # y + update, fused
 
     def _fusable(self, x: torch.Tensor) -> bool:
         """Whether :class:`FrozenLinearMonarch` computes exactly what the unfused path would."""
@@ -93,7 +92,7 @@ class MoReLinear(nn.Module):
             and not self.more.batch_shape
             and st.k * st.p == self.in_features  # no padding
             and st.l * st.s == self.out_features  # no cropping
-            and st.k * st.q <= multiply.EXPANDED_MAX_MIDDLE
+            and multiply.uses_expanded(self.more.blkdiag1)
             and not multiply._use_triton(x)
             and not torch.is_autocast_enabled(x.device.type)
         )

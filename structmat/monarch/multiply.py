@@ -63,6 +63,12 @@ def _use_triton(x: torch.Tensor) -> bool:
     return x.is_cuda and _triton_installed()
 
 
+def uses_expanded(blkdiag1: torch.Tensor) -> bool:
+    """Whether unbatched factors take the expanded path: middle width ``k*q`` at most
+    :data:`EXPANDED_MAX_MIDDLE`."""
+    return blkdiag1.shape[-3] * blkdiag1.shape[-2] <= EXPANDED_MAX_MIDDLE
+
+
 def monarch_multiply(
     x: torch.Tensor,  # (..., k*p)
     blkdiag1: torch.Tensor,  # (*batch, k, q, p)
@@ -86,7 +92,7 @@ def monarch_multiply(
 
             y = MonarchTritonFunction.apply(x, blkdiag1, blkdiag2)
             return y if add is None else add + y
-        expanded = blkdiag1.shape[0] * blkdiag1.shape[1] <= EXPANDED_MAX_MIDDLE
+        expanded = uses_expanded(blkdiag1)
         if recompute_middle and torch.is_grad_enabled():
             fn = _ExpandedRecompute if expanded else _MonarchRecompute
             x2 = x.reshape(-1, x.shape[-1])

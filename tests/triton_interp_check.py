@@ -1,36 +1,77 @@
-"""Run in a subprocess with TRITON_INTERPRET=1 by test_speed.py: the Triton kernel on CPU."""
+"""Run in a subprocess with TRITON_INTERPRET=1 by test_speed_paths.py: the Triton kernel on CPU.
+
+Hypothesis draws the shapes (middles up to the kernel's limit, rows across tile edges, with
+and without ``add``): the forward equals the entrywise reference formula in float64, and every
+gradient equals that of the PyTorch bmm path.
+"""
 
 import os
 import sys
 
 assert os.environ.get("TRITON_INTERPRET") == "1"
 import torch  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from test_monarch_reference import entrywise_monarch  # noqa: E402
 
 from structmat import Monarch  # noqa: E402
 from structmat.monarch import set_backend  # noqa: E402
-from structmat.monarch.multiply import _multiply_bmm  # noqa: E402
-from structmat.monarch.triton_kernel import MonarchTritonFunction, monarch_forward_triton  # noqa: E402
+from structmat.monarch.multiply import _multiply_bmm, monarch_multiply  # noqa: E402
+from structmat.monarch.triton_kernel import MAX_MIDDLE, MonarchTritonFunction, supports  # noqa: E402
 
-torch.manual_seed(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
-cases = [(4, 1, 6, 4, 5, 1), (4, 4, 8, 4, 8, 4), (2, 3, 5, 3, 7, 2), (4, 8, 16, 4, 12, 8), (3, 4, 5, 2, 7, 6)]
-for k, q, p, l, s, r in cases:
-    b1 = torch.randn(k, q, p, dtype=torch.float32)
-    b2 = torch.randn(l, s, r, dtype=torch.float32)
-    x = torch.randn(37, k * p, dtype=torch.float32)
-    ref = x @ entrywise_monarch(b1.double(), b2.double()).float().T
-    torch.testing.assert_close(monarch_forward_triton(x, b1, b2), ref, rtol=1e-4, atol=1e-4)
-    # gradients through the autograd Function equal those of the PyTorch path
-    xs = [t.clone().requires_grad_(True) for t in (x, b1, b2)]
-    ys = [t.clone().requires_grad_(True) for t in (x, b1, b2)]
-    g = torch.randn(37, l * s)
-    MonarchTritonFunction.apply(*xs).backward(g)
-    _multiply_bmm(*ys).backward(g)
+
+@st.composite
+def kernel_shapes(draw):
+    k = draw(st.integers(1, 6))
+    q = draw(st.integers(1, MAX_MIDDLE // k))
+    l = draw(st.sampled_from([d for d in range(1, k * q + 1) if (k * q) % d == 0]))
+    return k, q, draw(st.integers(1, 40)), l, draw(st.integers(1, 40)), k * q // l
+
+
+@settings(
+    max_examples=int(sys.argv[1]) if len(sys.argv) > 1 else 25, deadline=None, derandomize=bool(os.environ.get("CI"))
+)
+@given(kernel_shapes(), st.integers(0, 70), st.booleans(), st.integers(0, 2**31 - 1))
+def check(shape, n, with_add, seed):
+    k, q, p, l, s, r = shape
+    gen = torch.Generator().manual_seed(seed)
+    b1, b2 = torch.randn(k, q, p, generator=gen), torch.randn(l, s, r, generator=gen)
+    x, add = torch.randn(n, k * p, generator=gen), torch.randn(n, l * s, generator=gen)
+    assert supports(x, b1, b2)
+    ref = x.double() @ entrywise_monarch(b1.double(), b2.double()).T + (add.double() if with_add else 0)
+    xs = [t.clone().requires_grad_(True) for t in (x, b1, b2, add)]
+    ys = [t.clone().requires_grad_(True) for t in (x, b1, b2, add)]
+    y = MonarchTritonFunction.apply(*xs[:3], xs[3] if with_add else None)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-4)
+    g = torch.randn(n, l * s, generator=gen)
+    y.backward(g)
+    (_multiply_bmm(*ys[:3]) + (ys[3] if with_add else 0)).backward(g)
     for a, b in zip(xs, ys, strict=True):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4)
-# the module dispatches to the kernel when the backend is forced
+        if a.grad is None or b.grad is None:
+            assert a.grad is None and (b.grad is None or not with_add)
+        else:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4)
+    # only the factors need gradients (a frozen input)
+    w = [t.clone().requires_grad_(True) for t in (b1, b2)]
+    MonarchTritonFunction.apply(x, *w).backward(g)
+    torch.testing.assert_close(w[0].grad, ys[1].grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(w[1].grad, ys[2].grad, rtol=1e-4, atol=1e-4)
+
+
+check()
+# the multiply and the module dispatch to the kernel when the backend is forced, 3D input included
 set_backend("triton")
 m = Monarch(20, 12, nblocks=4, rank=2)
 x = torch.randn(3, 5, 20)
 torch.testing.assert_close(m(x), x @ m.to_dense().T, rtol=1e-4, atol=1e-4)
+calls = []
+orig = MonarchTritonFunction.apply
+MonarchTritonFunction.apply = lambda *a: calls.append(1) or orig(*a)
+monarch_multiply(x.reshape(15, 20), m.blkdiag1, m.blkdiag2)
+assert calls, "backend 'triton' did not reach the kernel"
+# a middle over the limit takes the PyTorch path
+big = Monarch(256, 256, nblocks=16, rank=16)
+assert not supports(x, big.blkdiag1, big.blkdiag2)
+xb = torch.randn(4, 256)
+torch.testing.assert_close(big(xb), xb @ big.to_dense().T, rtol=1e-4, atol=1e-4)
 print("triton interpreter: OK")

@@ -93,7 +93,7 @@ class MoReLinear(nn.Module):
             and st.k * st.p == self.in_features  # no padding
             and st.l * st.s == self.out_features  # no cropping
             and multiply.uses_expanded(self.more.blkdiag1)
-            and not multiply._use_triton(x)
+            and not multiply._use_triton(x, self.more.blkdiag1, self.more.blkdiag2)
             and not torch.is_autocast_enabled(x.device.type)
         )
 

@@ -17,7 +17,9 @@ Paths, same result, picked per shape by :func:`monarch_multiply` for unbatched f
   ``nblocks`` times the FLOPs of ``bmm``, which is cheap while the middle width ``k*q`` is
   small, the usual case for MoRe adapters (``k*q = nblocks * rank``), and then it is the
   faster one (memory traffic dominates);
-- ``einsum``: broadcasts over stacks of factors.
+- ``einsum``: broadcasts over stacks of factors;
+- ``triton`` (optional, CUDA): the fused kernel of ``triton_kernel.py``, forward and backward;
+  :func:`set_backend` says when it is taken.
 """
 
 from __future__ import annotations
@@ -31,13 +33,21 @@ import torch
 _BACKEND = os.environ.get("STRUCTMAT_MONARCH_BACKEND", "auto")
 # The expanded path is used while the middle width k*q is at most this (see the module doc).
 EXPANDED_MAX_MIDDLE = int(os.environ.get("STRUCTMAT_EXPANDED_MAX_MIDDLE", "32"))
+# Backend "auto" on CUDA takes the Triton kernel for middles above EXPANDED_MAX_MIDDLE up to this:
+# there it beat the bmm path on an H100; narrower ones take the expanded path, wider ones bmm.
+TRITON_AUTO_MAX_MIDDLE = 64
 
 
 def set_backend(backend: str) -> None:
-    """Choose the multiply: ``"auto"`` (Triton on CUDA when installed, else PyTorch),
-    ``"torch"`` (always PyTorch bmm/einsum) or ``"triton"`` (always the fused kernel, for
-    unbatched factors; on CPU only under ``TRITON_INTERPRET=1``). Also settable with the
-    environment variable ``STRUCTMAT_MONARCH_BACKEND``."""
+    """Choose the multiply: ``"auto"`` (on CUDA with triton installed, the kernel for middles
+    ``nblocks * rank`` of 33 to 64, where it beat the bmm path on an H100; PyTorch otherwise:
+    the expanded path's cuBLAS GEMMs were faster for narrower middles, bmm for wider; README),
+    ``"torch"`` (always PyTorch bmm/expanded/einsum) or ``"triton"`` (the fused kernel
+    wherever it applies, on CPU only under ``TRITON_INTERPRET=1``). The kernel takes unbatched
+    factors with a middle ``nblocks * rank`` of at most 128 in float32/float16/bfloat16
+    (``triton_kernel.supports``); other calls, and calls under ``torch.compile`` or autocast,
+    take the PyTorch paths with either setting. Also settable with the environment variable
+    ``STRUCTMAT_MONARCH_BACKEND``."""
     global _BACKEND
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
@@ -55,12 +65,22 @@ def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _use_triton(x: torch.Tensor) -> bool:
-    if _BACKEND == "torch" or torch.compiler.is_compiling():
+def _use_triton(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> bool:
+    """Whether this call goes to the fused Triton kernel: backend ``"triton"``, or ``"auto"``
+    on CUDA with triton installed for middles from :data:`EXPANDED_MAX_MIDDLE` + 1 to
+    :data:`TRITON_AUTO_MAX_MIDDLE`; never under ``torch.compile`` or autocast, and only for
+    calls the kernel takes (``triton_kernel.supports``: unbatched factors, a middle of at most
+    128, float32/float16/bfloat16 throughout)."""
+    if _BACKEND == "torch" or torch.compiler.is_compiling() or not _triton_installed():
         return False
-    if _BACKEND == "triton":
-        return True
-    return x.is_cuda and _triton_installed()
+    middle = blkdiag1.shape[-3] * blkdiag1.shape[-2]
+    if _BACKEND == "auto" and (not x.is_cuda or not EXPANDED_MAX_MIDDLE < middle <= TRITON_AUTO_MAX_MIDDLE):
+        return False  # outside that range a PyTorch path was faster on an H100 (README)
+    if torch.is_autocast_enabled(x.device.type):
+        return False
+    from .triton_kernel import supports  # lazy: triton is optional
+
+    return supports(x, blkdiag1, blkdiag2)
 
 
 def uses_expanded(blkdiag1: torch.Tensor) -> bool:
@@ -87,14 +107,13 @@ def monarch_multiply(
     path), so that the update never exists as a tensor of its own.
     """
     if blkdiag1.dim() == 3:
-        if _use_triton(x):
-            from .triton_kernel import MonarchTritonFunction  # lazy: triton is optional
-
-            y = MonarchTritonFunction.apply(x, blkdiag1, blkdiag2)
-            return y if add is None else add + y
         expanded = uses_expanded(blkdiag1)
-        if recompute_middle and torch.is_grad_enabled():
-            fn = _ExpandedRecompute if expanded else _MonarchRecompute
+        triton = _use_triton(x, blkdiag1, blkdiag2)
+        if triton or (recompute_middle and torch.is_grad_enabled()):
+            if triton:
+                from .triton_kernel import MonarchTritonFunction as fn  # lazy: triton is optional
+            else:
+                fn = _ExpandedRecompute if expanded else _MonarchRecompute
             x2 = x.reshape(-1, x.shape[-1])
             add2 = None if add is None else add.reshape(x2.shape[0], -1)
             y = fn.apply(x2, blkdiag1, blkdiag2, add2)
@@ -154,8 +173,8 @@ def first_factor_grad(
     """The gradient of ``blkdiag1``: one bmm over the blocks, reading ``x`` and ``grad_h``
     through strided views (no copies, and ``k`` times fewer FLOPs than taking the block
     diagonal of ``grad_h.T @ x``)."""
-    n = x.shape[0]
-    return torch.bmm(grad_h.reshape(n, k, -1).permute(1, 2, 0), x.reshape(n, k, -1).transpose(0, 1))
+    n, q, p = x.shape[0], grad_h.shape[1] // k, x.shape[1] // k
+    return torch.bmm(grad_h.reshape(n, k, q).permute(1, 2, 0), x.reshape(n, k, p).transpose(0, 1))
 
 
 def second_factor_grad(

@@ -2,9 +2,11 @@
 
     python benchmarks/bench_multiply.py            # CPU (and CUDA when present)
     python benchmarks/bench_multiply.py --quick    # two small shapes
+    python benchmarks/bench_multiply.py --device cuda --out benchmarks/results/bench_multiply_cuda.json
 
-(a) structmat ``Monarch`` (b) a straightforward bmm reference written here from
-docs/monarch-math.md (c) ``LowRank`` with the same parameter count (d) dense ``nn.Linear``.
+(a) structmat ``Monarch`` (on CUDA with triton installed: the fused Triton kernel) (b) a
+straightforward bmm reference written here from docs/monarch-math.md (c) ``LowRank`` with the
+same parameter count (d) dense ``nn.Linear``.
 Ratios are against (b), measured in the same run: best of at least 5 rounds (more, up to 50,
 until the slowest case has run 2 s), the four cases interleaved within each round. Backward gets a
 dense upstream gradient, as inside a network (``.sum()`` would hand every case a stride-0
@@ -139,6 +141,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", choices=["all", "cpu", "cuda"], default="all", help="all: CPU, and CUDA when present")
     ap.add_argument("--system-malloc", action="store_true", help="leave glibc's allocator settings as they are")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "bench_multiply.json"))
     args = ap.parse_args()
@@ -147,8 +150,8 @@ def main() -> None:
     shapes, tokens, ranks = (SHAPES[:2], [512], [1, 4]) if args.quick else (SHAPES, [512, 4096], [1, 4, 8])
     print(environment())
     min_seconds = 0.0 if args.quick else 2.0
-    rows = run("cpu", shapes, tokens, ranks, min_seconds)
-    if torch.cuda.is_available():
+    rows = run("cpu", shapes, tokens, ranks, min_seconds) if args.device in ("all", "cpu") else []
+    if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
         rows += run("cuda", shapes, tokens, ranks, min_seconds)
     worst = max(r["time_ratio"] for r in rows if r["case"] == "structmat Monarch")
     print(f"\nworst structmat Monarch / bmm reference time ratio: {worst:.3f}")

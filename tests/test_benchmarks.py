@@ -1,5 +1,7 @@
 """The benchmarks run (tiny settings) and their reference implementations are right."""
 
+import importlib.util
+import os
 import pathlib
 import subprocess
 import sys
@@ -27,11 +29,15 @@ def test_bench_multiply_reference_is_correct():
         ["bench_fit.py", "--sizes", "64", "--repeats", "1"],
         ["bench_multiply.py", "--quick"],
         ["bench_layer.py", "--quick"],
+        ["bench_triton.py", "--smoke", "--no-sweep"],  # on CPU through Triton's interpreter
     ],
 )
 def test_benchmark_smoke(args, tmp_path):
+    if args[0] == "bench_triton.py" and importlib.util.find_spec("triton") is None:
+        pytest.skip("triton not installed")
     out = subprocess.run(
         [sys.executable, str(BENCH / args[0]), *args[1:], "--out", str(tmp_path / "r.json")],
+        env=os.environ | ({"TRITON_INTERPRET": "1"} if args[0] == "bench_triton.py" else {}),
         capture_output=True,
         text=True,
         timeout=900,

@@ -73,8 +73,8 @@ def _use_triton(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor)
     128, float32/float16/bfloat16 throughout)."""
     if _BACKEND == "torch" or torch.compiler.is_compiling() or not _triton_installed():
         return False
-    middle = blkdiag1.shape[-3] * blkdiag1.shape[-2]
-    if _BACKEND == "auto" and (not x.is_cuda or not EXPANDED_MAX_MIDDLE < middle <= TRITON_AUTO_MAX_MIDDLE):
+    too_wide = blkdiag1.shape[-3] * blkdiag1.shape[-2] > TRITON_AUTO_MAX_MIDDLE
+    if _BACKEND == "auto" and (not x.is_cuda or uses_expanded(blkdiag1) or too_wide):
         return False  # outside that range a PyTorch path was faster on an H100 (README)
     if torch.is_autocast_enabled(x.device.type):
         return False

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .multiply import first_factor_grad, second_factor_grad
+from .multiply import _grad_add, first_factor_grad, second_factor_grad
 
 MAX_MIDDLE = 128
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -183,16 +183,6 @@ def _factors(blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> tuple[torch.Tens
     return blkdiag1.contiguous(), blkdiag2.permute(2, 1, 0).contiguous()
 
 
-def monarch_forward_triton(
-    x: torch.Tensor,  # (..., k*p)
-    blkdiag1: torch.Tensor,  # (k, q, p)
-    blkdiag2: torch.Tensor,  # (l, s, r)
-) -> torch.Tensor:  # (..., l*s)
-    """The fused forward alone (no autograd)."""
-    y, _ = _launch(x.reshape(-1, x.shape[-1]).contiguous(), *_factors(blkdiag1, blkdiag2), backward=False)
-    return y.reshape(*x.shape[:-1], y.shape[-1])
-
-
 class MonarchTritonFunction(torch.autograd.Function):
     """``add + x @ M.T`` on 2D ``x`` (n, k*p), forward and backward by the fused kernel.
 
@@ -219,5 +209,4 @@ class MonarchTritonFunction(torch.autograd.Function):
                 grad_w1 = first_factor_grad(grad_h, x, w1.shape[0])
         if need_w2:
             grad_w2 = second_factor_grad(h, grad_y, w2t.shape[2])
-        grad_add = grad_y if len(ctx.needs_input_grad) > 3 and ctx.needs_input_grad[3] else None
-        return (grad_x if need_x else None), grad_w1, grad_w2, grad_add
+        return (grad_x if need_x else None), grad_w1, grad_w2, _grad_add(ctx, grad_y)

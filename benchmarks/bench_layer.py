@@ -2,12 +2,13 @@
 
     python benchmarks/bench_layer.py            # all shapes, tokens 512 and 4096, rank 1/4/8
     python benchmarks/bench_layer.py --quick
+    python benchmarks/bench_layer.py --shape 768x768 --tokens 512 --rank 8   # one row again
 
 Both wrap the same frozen ``nn.Linear``; MoRe has nblocks 4 and block rank r, LoRA rank r
 (both ``r*(in+out)`` trainable parameters). Forward+backward with an input that requires
 grad and a dense upstream gradient (as inside a network), timed as in ``bench_multiply.py``
-(at least 10 interleaved rounds, more, up to 50, until the slower layer has run 150 s; CPU allocator kept
-quiet unless ``--system-malloc``). Two time ratios MoRe / LoRA: best round over best round, and
+(at least 10 interleaved rounds, more, up to 200, until the slower layer has run 150 s; CPU allocator
+kept quiet unless ``--system-malloc``). Two time ratios MoRe / LoRA: best round over best round, and
 the median over rounds of the ratio of the two back-to-back steps of a round (a slow stretch of a
 shared machine divides out of it). Memory: bytes saved for backward plus gradients of the
 trainable parameters (CPU); ``max_memory_allocated`` on CUDA. Ratios MoRe / LoRA, same run.
@@ -28,11 +29,14 @@ from bench_multiply import SHAPES, measure  # noqa: E402
 
 from structmat.adapters import MoReLinear  # noqa: E402
 
-# At least MIN_ROUNDS rounds, more (up to 50) until the slower layer has run MIN_SECONDS: the frozen
-# matmul is most of every step, so the adapters' difference is a few percent, while on the 2-core
-# machine of the README the same step varies far more (the frozen 4096x11008 layer alone, 4096
-# tokens: 5.9-9.2 s in 8 rounds), so it takes many samples to resolve.
+# At least MIN_ROUNDS rounds, more (up to MAX_ROUNDS) until the slower layer has run MIN_SECONDS:
+# the frozen matmul is most of every step, so the adapters' difference is a few percent, while on
+# the 2-core machine of the README the same step varies far more (the frozen 4096x11008 layer
+# alone, 4096 tokens: 5.9-9.2 s in 8 rounds), so it takes many samples to resolve. The cap was 50
+# before: the 10 ms cases then stopped after 1 s, and their best-of ratio moved by +-5% from run
+# to run (768x768, 512 tokens, rank 8: 1.053 in the full run, 1.003-1.020 in 300-round runs).
 MIN_ROUNDS = 10
+MAX_ROUNDS = 200
 MIN_SECONDS = 150.0
 
 
@@ -46,6 +50,15 @@ def lora_layer(base: nn.Linear, rank: int) -> nn.Module:
     with torch.no_grad():  # a non-zero update, as after training
         layer.lora_B["default"].weight.normal_(0, 0.01)
     return layer
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """``"768x3072"`` -> ``(768, 3072)``."""
+    try:
+        in_f, out_f = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shape must be INxOUT, e.g. 768x768, got {text!r}") from None
+    return in_f, out_f
 
 
 def table(rows: list[dict]) -> str:
@@ -68,11 +81,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--system-malloc", action="store_true", help="leave glibc's allocator settings as they are")
+    ap.add_argument("--shape", action="append", type=parse_shape, help="INxOUT, e.g. 768x768 (repeatable)")
+    ap.add_argument("--tokens", action="append", type=int, help="token count (repeatable)")
+    ap.add_argument("--rank", action="append", type=int, help="rank (repeatable)")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "bench_layer.json"))
     args = ap.parse_args()
     if not args.system_malloc:
         quiet_allocator()
     shapes, tokens_list, ranks = (SHAPES[:2], [512], [1, 4]) if args.quick else (SHAPES, [512, 4096], [1, 4, 8])
+    shapes, tokens_list, ranks = args.shape or shapes, args.tokens or tokens_list, args.rank or ranks
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(environment())
     rows = []
@@ -96,6 +113,7 @@ def main() -> None:
                         device,
                         min_seconds=0.0 if args.quick else MIN_SECONDS,
                         rounds=5 if args.quick else MIN_ROUNDS,
+                        max_rounds=MAX_ROUNDS,
                     )
                     (t_m, mem_m, rounds_m), (t_l, mem_l, rounds_l) = res["more"], res["lora"]
                     paired = median_ratio(rounds_m, rounds_l)

@@ -70,12 +70,14 @@ def memory(fn, x, device, exclude=()):
     return saved_tensor_bytes(lambda: fn(x), exclude=params)
 
 
-def measure(cases: dict, x, device, exclude=(), min_seconds: float = 2.0, rounds: int = 5) -> dict:
+def measure(
+    cases: dict, x, device, exclude=(), min_seconds: float = 2.0, rounds: int = 5, max_rounds: int = 50
+) -> dict:
     """``{name: (best seconds, bytes, seconds per round)}``; the cases' timings are interleaved
     (see ``interleaved_rounds``: at least ``rounds`` rounds, more until the slowest case has run
-    ``min_seconds``, at most 50)."""
+    ``min_seconds``, at most ``max_rounds``)."""
     steps = {name: train_step(fn, x) for name, fn in cases.items()}
-    times = interleaved_rounds(steps, device, rounds, min_seconds)
+    times = interleaved_rounds(steps, device, rounds, min_seconds, max_rounds)
     return {name: (min(times[name]), memory(fn, x, device, exclude), times[name]) for name, fn in cases.items()}
 
 

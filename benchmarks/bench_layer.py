@@ -34,7 +34,7 @@ from structmat.adapters import MoReLinear  # noqa: E402
 # the 2-core machine of the README the same step varies far more (the frozen 4096x11008 layer
 # alone, 4096 tokens: 5.9-9.2 s in 8 rounds), so it takes many samples to resolve. The cap was 50
 # before: the 10 ms cases then stopped after 1 s, and their best-of ratio moved by +-5% from run
-# to run (768x768, 512 tokens, rank 8: 1.053 in the full run, 1.003-1.020 in 300-round runs).
+# to run (768x768, 512 tokens, rank 8: 1.053 in a full run capped at 50, 1.003-1.024 with 200-300).
 MIN_ROUNDS = 10
 MAX_ROUNDS = 200
 MIN_SECONDS = 150.0

@@ -1,6 +1,7 @@
 """The benchmarks run (tiny settings) and their reference implementations are right."""
 
 import importlib.util
+import json
 import os
 import pathlib
 import subprocess
@@ -54,3 +55,26 @@ def test_quiet_allocator_takes_effect_and_is_reported():
     lines = out.stdout.splitlines()
     assert lines[0] == "glibc, mmap off, trim threshold 1 GiB"
     assert lines[1].endswith("CPU allocator: glibc, mmap off, trim threshold 1 GiB")
+
+
+def test_bench_layer_filters_run_only_the_rows_asked_for(tmp_path):
+    args = ["--quick", "--shape", "64x96", "--tokens", "32", "--rank", "2", "--rank", "3"]
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "bench_layer.py"), *args, "--out", str(tmp_path / "r.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [(r["in"], r["out"], r["tokens"], r["rank"]) for r in rows if r["device"] == "cpu"] == [
+        (64, 96, 32, 2),
+        (64, 96, 32, 3),
+    ]
+    bad = subprocess.run(
+        [sys.executable, str(BENCH / "bench_layer.py"), "--shape", "64", "--out", str(tmp_path / "b.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert bad.returncode != 0 and "--shape must be INxOUT" in bad.stderr

@@ -73,7 +73,7 @@ def _use_triton(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor)
     128, float32/float16/bfloat16 throughout)."""
     if _BACKEND == "torch" or torch.compiler.is_compiling() or not _triton_installed():
         return False
-    too_wide = blkdiag1.shape[-3] * blkdiag1.shape[-2] > TRITON_AUTO_MAX_MIDDLE
+    too_wide = middle_width(blkdiag1) > TRITON_AUTO_MAX_MIDDLE
     if _BACKEND == "auto" and (not x.is_cuda or uses_expanded(blkdiag1) or too_wide):
         return False  # outside that range a PyTorch path was faster on an H100 (README)
     if torch.is_autocast_enabled(x.device.type):
@@ -83,10 +83,16 @@ def _use_triton(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor)
     return supports(x, blkdiag1, blkdiag2)
 
 
+def middle_width(blkdiag1: torch.Tensor) -> int:
+    """The middle width ``k*q`` of factors ``blkdiag1`` (``(*batch, k, q, p)``), which decides
+    the path (see the module doc)."""
+    return blkdiag1.shape[-3] * blkdiag1.shape[-2]
+
+
 def uses_expanded(blkdiag1: torch.Tensor) -> bool:
     """Whether unbatched factors take the expanded path: middle width ``k*q`` at most
     :data:`EXPANDED_MAX_MIDDLE`."""
-    return blkdiag1.shape[-3] * blkdiag1.shape[-2] <= EXPANDED_MAX_MIDDLE
+    return middle_width(blkdiag1) <= EXPANDED_MAX_MIDDLE
 
 
 def monarch_multiply(

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .multiply import _grad_add, first_factor_grad, second_factor_grad
+from .multiply import _grad_add, first_factor_grad, middle_width, second_factor_grad
 
 MAX_MIDDLE = 128
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -45,7 +45,7 @@ def supports(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) ->
     :data:`MAX_MIDDLE`, one floating dtype among float32/float16/bfloat16 for all three."""
     return (
         blkdiag1.dim() == 3
-        and blkdiag1.shape[0] * blkdiag1.shape[1] <= MAX_MIDDLE
+        and middle_width(blkdiag1) <= MAX_MIDDLE
         and x.dtype in _DTYPES
         and x.dtype == blkdiag1.dtype == blkdiag2.dtype
     )

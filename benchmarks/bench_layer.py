@@ -57,8 +57,17 @@ def parse_shape(text: str) -> tuple[int, int]:
     try:
         in_f, out_f = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--shape must be INxOUT, e.g. 768x768, got {text!r}") from None
+        in_f = out_f = 0
+    if in_f < 1 or out_f < 1:
+        raise argparse.ArgumentTypeError(f"--shape must be INxOUT of positive sizes, e.g. 768x768, got {text!r}")
     return in_f, out_f
+
+
+def positive_int(text: str) -> int:
+    """``--tokens`` and ``--rank``: an integer of at least 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
 
 
 def table(rows: list[dict]) -> str:
@@ -82,8 +91,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--system-malloc", action="store_true", help="leave glibc's allocator settings as they are")
     ap.add_argument("--shape", action="append", type=parse_shape, help="INxOUT, e.g. 768x768 (repeatable)")
-    ap.add_argument("--tokens", action="append", type=int, help="token count (repeatable)")
-    ap.add_argument("--rank", action="append", type=int, help="rank (repeatable)")
+    ap.add_argument("--tokens", action="append", type=positive_int, help="token count (repeatable)")
+    ap.add_argument("--rank", action="append", type=positive_int, help="rank (repeatable)")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "bench_layer.json"))
     args = ap.parse_args()
     if not args.system_malloc:

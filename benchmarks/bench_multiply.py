@@ -147,6 +147,8 @@ def main() -> None:
     ap.add_argument("--system-malloc", action="store_true", help="leave glibc's allocator settings as they are")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "bench_multiply.json"))
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device here (torch.cuda.is_available() is False)")
     if not args.system_malloc:
         quiet_allocator()
     shapes, tokens, ranks = (SHAPES[:2], [512], [1, 4]) if args.quick else (SHAPES, [512, 4096], [1, 4, 8])

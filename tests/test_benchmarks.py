@@ -71,10 +71,26 @@ def test_bench_layer_filters_run_only_the_rows_asked_for(tmp_path):
         (64, 96, 32, 2),
         (64, 96, 32, 3),
     ]
-    bad = subprocess.run(
-        [sys.executable, str(BENCH / "bench_layer.py"), "--shape", "64", "--out", str(tmp_path / "b.json")],
+    for bad_args, message in [
+        (["--shape", "64"], "argument --shape: --shape must be INxOUT"),
+        (["--shape", "0x96"], "argument --shape: --shape must be INxOUT"),
+        (["--tokens", "0"], "argument --tokens: must be a positive integer"),
+    ]:
+        bad = subprocess.run(
+            [sys.executable, str(BENCH / "bench_layer.py"), *bad_args, "--out", str(tmp_path / "b.json")],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert bad.returncode != 0 and message in bad.stderr, (bad_args, bad.stderr[-500:])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where there is no CUDA device")
+def test_bench_multiply_device_cuda_without_cuda_is_a_clear_error(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "bench_multiply.py"), "--device", "cuda", "--out", str(tmp_path / "r.json")],
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert bad.returncode != 0 and "--shape must be INxOUT" in bad.stderr
+    assert out.returncode != 0 and "--device cuda: no CUDA device here" in out.stderr

@@ -108,7 +108,7 @@ def main() -> None:
             for rank in ranks:
                 more = MoReLinear(base, nblocks=4, rank=rank)
                 with torch.no_grad():
-                    more.more.blkdiag2.normal_(0, 0.01)
+                    more.monarch.blkdiag2.normal_(0, 0.01)
                 lora = lora_layer(base, rank)
                 n_more = sum(p.numel() for p in more.parameters() if p.requires_grad)
                 n_lora = sum(p.numel() for p in lora.parameters() if p.requires_grad)

@@ -1,5 +1,6 @@
 """apply_more on tiny BERT / GPT-2 (Conv1D) / Llama: init, training, merge, save/load, errors."""
 
+import hashlib
 import json
 
 import pytest
@@ -20,11 +21,13 @@ from structmat.adapters import (
     merge_and_unload,
     more_layers,
     print_trainable_parameters,
+    read_adapter_config,
     save_adapter,
     unload,
     unmerge,
 )
 from structmat.adapters.layer import base_shape
+from structmat.adapters.model import adapter_configs
 
 
 def train_steps(model, steps=3, lr=1e-2, seed=0):
@@ -98,7 +101,7 @@ def test_conv1d_layer_equals_dense_update():
     assert layer.is_conv1d and base_shape(layer.base_layer) == (32, 96)
     x = torch.randn(5, 32, dtype=torch.float64)
     W = layer.base_layer.weight  # (in, out)
-    expected = x @ (W + layer.more.to_dense().T) + layer.base_layer.bias
+    expected = x @ (W + layer.monarch.to_dense().T) + layer.base_layer.bias
     torch.testing.assert_close(layer(x), expected)
 
 
@@ -127,7 +130,11 @@ def test_unmerge_restores_base_weights_exactly(arch):
     merge(model)
     torch.testing.assert_close(logits(model, batch), adapted, rtol=1e-10, atol=1e-10)
     unmerge(model)
-    current = {n.replace(".base_layer", ""): p for n, p in model.named_parameters() if ".more." not in n}
+    current = {
+        n.replace(".base_layer", "").replace(".original_module", ""): p
+        for n, p in model.named_parameters()
+        if ".more." not in n and ".modules_to_save." not in n
+    }
     for name, p in reference.items():
         assert torch.equal(current[name], p), name
     torch.testing.assert_close(logits(model, batch), adapted, rtol=0, atol=0)
@@ -137,8 +144,8 @@ def test_safe_merge_refuses_nonfinite():
     model = apply_more(tiny_bert(), rank=1)
     layer = next(iter(more_layers(model).values()))
     with torch.no_grad():
-        layer.more.blkdiag2.fill_(float("inf"))
-        layer.more.blkdiag1.fill_(1.0)
+        layer.monarch.blkdiag2.fill_(float("inf"))
+        layer.monarch.blkdiag1.fill_(1.0)
     before = layer.base_layer.weight.clone()
     with pytest.raises(ValueError, match="safe_merge"):
         merge(model, safe_merge=True)
@@ -194,13 +201,41 @@ def test_load_errors_leave_model_untouched(tmp_path):
     assert not more_layers(shallow)
 
 
-def test_config_and_weights_from_different_saves_detected(tmp_path):
+def test_weights_file_carries_its_config(tmp_path):
+    """A config file from another save does not change what loads: the weights file is the unit."""
     a, b = tmp_path / "a", tmp_path / "b"
-    save_adapter(apply_more(tiny_bert(), rank=2), a)
+    model = apply_more(tiny_bert(), rank=2)
+    randomize_adapter(model)
+    save_adapter(model, a)
     save_adapter(apply_more(tiny_bert(), rank=1), b)
     (a / "adapter_config.json").write_text((b / "adapter_config.json").read_text())
+    assert read_adapter_config(a).rank == 2
+    loaded = load_adapter(tiny_bert(), a)
+    torch.testing.assert_close(logits(loaded, inputs()), logits(model, inputs()), rtol=0, atol=0)
+
+
+def test_legacy_folder_config_mismatch_detected(tmp_path):
+    """Folders of the first format (config only in the JSON file, its hash in the weights) still
+    load, and a JSON file from another save is still detected there."""
+    from safetensors.torch import save_file
+
+    from structmat.adapters.io import adapter_state_dict
+
+    def legacy_save(model, folder):
+        folder.mkdir()
+        text = adapter_configs(model)["default"].to_json()
+        meta = {"format": "pt", "structmat_config_sha256": hashlib.sha256(text.encode()).hexdigest()}
+        save_file(adapter_state_dict(model), str(folder / "adapter_model.safetensors"), metadata=meta)
+        (folder / "adapter_config.json").write_text(text)
+
+    model = apply_more(tiny_bert(), rank=2)
+    randomize_adapter(model)
+    legacy_save(model, tmp_path / "a")
+    torch.testing.assert_close(logits(load_adapter(tiny_bert(), tmp_path / "a"), inputs()), logits(model, inputs()))
+    legacy_save(apply_more(tiny_bert(), rank=1), tmp_path / "b")
+    (tmp_path / "a" / "adapter_config.json").write_text((tmp_path / "b" / "adapter_config.json").read_text())
     with pytest.raises(ValueError, match="different saves"):
-        load_adapter(tiny_bert(), a)
+        load_adapter(tiny_bert(), tmp_path / "a")
 
 
 def test_failed_save_keeps_old_files(tmp_path, monkeypatch):
@@ -208,17 +243,15 @@ def test_failed_save_keeps_old_files(tmp_path, monkeypatch):
     save_adapter(model, tmp_path)
     old = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     randomize_adapter(model)
-    import structmat.adapters.io as io
+    import structmat.adapters.storage as storage
 
-    def broken(state, path, metadata=None):
-        with open(path, "wb") as f:
-            f.write(b"half")
+    def broken(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(io, "save_file", broken)
+    monkeypatch.setattr(storage.os, "replace", broken)
     with pytest.raises(OSError, match="disk full"):
         save_adapter(model, tmp_path)
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old  # no temporary file left either
 
 
 def test_unknown_config_keys_warn():

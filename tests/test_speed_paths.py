@@ -155,7 +155,7 @@ def test_cuda_backend_auto_and_more_layer_match_cpu(nblocks, rank, triton_expect
         torch.manual_seed(0)
         layer = MoReLinear(nn.Linear(256, 512), nblocks=nblocks, rank=rank)
         with torch.no_grad():
-            layer.more.blkdiag2.normal_()
+            layer.monarch.blkdiag2.normal_()
         x = torch.randn(2, 33, 256, requires_grad=True)
         layer_gpu = MoReLinear(nn.Linear(256, 512), nblocks=nblocks, rank=rank).cuda()
         layer_gpu.load_state_dict(layer.state_dict())
@@ -166,7 +166,7 @@ def test_cuda_backend_auto_and_more_layer_match_cpu(nblocks, rank, triton_expect
         y.square().sum().backward()
         y_gpu.square().sum().backward()
         torch.testing.assert_close(x_gpu.grad.cpu(), x.grad, rtol=1e-4, atol=1e-4)
-        for a, b in zip(layer_gpu.more.parameters(), layer.more.parameters(), strict=True):
+        for a, b in zip(layer_gpu.monarch.parameters(), layer.monarch.parameters(), strict=True):
             torch.testing.assert_close(a.grad.cpu(), b.grad, rtol=1e-4, atol=1e-3)
     finally:
         MonarchTritonFunction.apply = orig
@@ -208,7 +208,7 @@ def test_more_layer_saves_only_its_input(monkeypatch, expanded_max_middle):
     params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
     assert storages - params == {x.untyped_storage().data_ptr()}
     y.sum().backward()
-    assert layer.more.blkdiag1.grad is not None and x.grad is not None
+    assert layer.monarch.blkdiag1.grad is not None and x.grad is not None
 
 
 @st.composite
@@ -230,7 +230,7 @@ def test_fused_more_layer_equals_unfused_with_grads(shape, n, bias, train_base, 
     base = nn.Linear(in_f, out_f, bias=bias, dtype=torch.float64).requires_grad_(train_base)
     layer = MoReLinear(base, nblocks=k, rank=rank)
     with torch.no_grad():
-        layer.more.blkdiag2.normal_()
+        layer.monarch.blkdiag2.normal_()
     x = torch.randn(*((2, n) if batched else (n,)), in_f, dtype=torch.float64, requires_grad=True)
     assert layer._fusable(x)
     results = []
@@ -289,7 +289,7 @@ def test_torch_compile_fused_more_layer_matches_eager():
     torch.manual_seed(0)
     layer = MoReLinear(nn.Linear(48, 80).requires_grad_(False), nblocks=4, rank=2)
     with torch.no_grad():
-        layer.more.blkdiag2.normal_()
+        layer.monarch.blkdiag2.normal_()
     x = torch.randn(2, 7, 48, requires_grad=True)
     assert layer._fusable(x)
     compiled = torch.compile(layer, backend="eager" if sys.platform == "win32" else "inductor", fullgraph=True)
@@ -297,9 +297,9 @@ def test_torch_compile_fused_more_layer_matches_eager():
     y, y2 = layer(x), compiled(x2)
     torch.testing.assert_close(y2, y, rtol=1e-5, atol=1e-5)
     y.square().sum().backward()
-    grads = [p.grad.clone() for p in (layer.more.blkdiag1, layer.more.blkdiag2)]
+    grads = [p.grad.clone() for p in (layer.monarch.blkdiag1, layer.monarch.blkdiag2)]
     layer.zero_grad()
     y2.square().sum().backward()
-    for a, p in zip(grads, (layer.more.blkdiag1, layer.more.blkdiag2), strict=True):
+    for a, p in zip(grads, (layer.monarch.blkdiag1, layer.monarch.blkdiag2), strict=True):
         torch.testing.assert_close(p.grad, a, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-5)

@@ -24,6 +24,13 @@ class MoReConfig:
         nblocks: Monarch blocks per factor (MoRe's default 4).
         rank: block rank (MoRe's ``blk_r``); trainable params per layer ``rank*(in+out)``.
         dropout: dropout on the adapter's *input* (as LoRA): ``base(x) + monarch(dropout(x))``.
+        base_model_name_or_path: where the base model loads from (filled in from the model's
+            ``name_or_path`` when known), for :func:`structmat.adapters.from_pretrained`.
+        task_type: PEFT's task name (``"SEQ_CLS"``, ``"CAUSAL_LM"``, ...), filled in from the
+            model's class when known.
+
+    The remaining fields are filled in by :func:`~structmat.adapters.apply_more` on a copy (the
+    config you pass is not modified) and saved with the adapter.
     """
 
     target_modules: str | list[str] | None = None
@@ -32,16 +39,24 @@ class MoReConfig:
     nblocks: int = 4
     rank: int = 4
     dropout: float = 0.0
+    base_model_name_or_path: str | None = None
+    task_type: str | None = None
     # filled in by apply_more: what the adapter was applied to
     resolved_targets: list[str] = field(default_factory=list)
     resolved_modules_to_save: list[str] = field(default_factory=list)
     base_model_type: str | None = None
     base_model_class: str | None = None
     target_shapes: dict[str, list[int]] = field(default_factory=dict)
+    num_labels: int | None = None
     peft_type: str = "MORE"
     structmat_version: str = ""
 
     def __post_init__(self) -> None:
+        if self.peft_type != "MORE":
+            raise ValueError(
+                f"peft_type must be 'MORE' for a MoRe adapter config, got {self.peft_type!r}"
+                + (" (a PEFT adapter: load it with peft.PeftModel.from_pretrained)" if self.peft_type else "")
+            )
         check_positive_int("nblocks", self.nblocks)
         check_positive_int("rank", self.rank)
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:

@@ -1,170 +1,457 @@
-"""``save_adapter`` / ``load_adapter``: PEFT-style ``adapter_config.json`` + ``adapter_model.safetensors``.
+"""Saving and loading MoRe adapters: PEFT's folder layout, one-unit saves, verified loads.
 
-Keys are ``{layer name}.blkdiag1`` / ``.blkdiag2`` (no adapter name) and, for
-``modules_to_save``, ``{module name}.{parameter}``. The config's SHA-256 is stored in the
-safetensors metadata so that a config and a weights file from two different saves are
-detected on load. Both files are written to temporary files first and renamed into place,
-so a crash while saving leaves the previous files intact.
+A saved adapter is a folder with ``adapter_model.safetensors`` (keys ``{layer}.blkdiag1`` /
+``{layer}.blkdiag2`` and ``{module to save}.{parameter}``, no adapter name, as PEFT) and
+``adapter_config.json``. As PEFT, the adapter named ``"default"`` goes into the folder itself
+and any other adapter into a subfolder named after it.
+
+What makes it trustworthy:
+
+- **One unit.** The weights file carries the whole config in its metadata, with the SHA-256 of
+  the config and of the tensors (names, dtypes, shapes and bytes). That file is replaced in one
+  rename (:mod:`.storage`), so after a crash at any instant, or with concurrent savers, the folder
+  holds one complete adapter, the old or a new one. ``adapter_config.json`` is a readable copy
+  written after it; loading trusts the weights file.
+- **Read once, verified.** A load reads the file's bytes once and parses them (a load racing a
+  save gets one save or the other, never a mix) and checks both hashes, so a mixed or corrupted
+  file (a flipped byte) is an error that names the file, not wrong tensors.
+- **Checked before touching.** :func:`load_adapter` checks the architecture, every layer's
+  shape, the adapter already in the model under that name, and every tensor before it changes
+  anything: a failed load leaves the model as it was.
+
+Folders written before the config moved into the weights file (``structmat_config_sha256``
+only) still load: then the config comes from ``adapter_config.json`` and must match its hash.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from ..monarch import MonarchShape
 from .config import MoReConfig
-from .layer import base_shape
-from .model import CONFIG_ATTR, _require_adapter, apply_more, more_layers
+from .layer import MoReLinear, base_shape
+from .model import (
+    CONFIGS_ATTR,
+    _require_adapter,
+    adapter_configs,
+    add_adapter,
+    apply_more,
+    more_layers,
+    saved_modules,
+    set_adapter,
+    unwrap_model,
+)
+from .saved_modules import ModulesToSaveWrapper
+from .storage import locked_folder, write_atomically
 from .targets import is_linear
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+DEFAULT_ADAPTER = "default"
+FORMAT_VERSION = "2"
+_MAX_HEADER = 100 * 2**20
 
 
-def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Adapter weights (Monarch factors + modules_to_save), detached, contiguous, on CPU."""
-    config: MoReConfig = getattr(model, CONFIG_ATTR)
+@dataclasses.dataclass
+class SavedAdapter:
+    """One adapter as read from a folder: its config and its tensors (on CPU)."""
+
+    path: Path
+    config: MoReConfig
+    state: dict[str, torch.Tensor]
+
+
+def adapter_state_dict(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
+    """An adapter's tensors as saved: Monarch factors and its copies of the modules to save,
+    detached, contiguous, on CPU. Default: the active adapter."""
+    model = unwrap_model(model)
+    name = adapter_name if adapter_name is not None else getattr(model, "structmat_active_adapter", None)
     state = {}
-    for name, layer in more_layers(model).items():
-        state[f"{name}.blkdiag1"] = layer.more.blkdiag1
-        state[f"{name}.blkdiag2"] = layer.more.blkdiag2
-    for mod_name in config.resolved_modules_to_save:
-        for pname, p in model.get_submodule(mod_name).named_parameters():
-            state[f"{mod_name}.{pname}"] = p
+    for layer_name, layer in more_layers(model).items():
+        if name in layer.more:
+            state[f"{layer_name}.blkdiag1"] = layer.more[name].blkdiag1
+            state[f"{layer_name}.blkdiag2"] = layer.more[name].blkdiag2
+    for mod_name, wrapper in saved_modules(model).items():
+        if name in wrapper.modules_to_save:
+            for pname, p in wrapper.modules_to_save[name].named_parameters():
+                state[f"{mod_name}.{pname}"] = p
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().contiguous().cpu()
+        digest.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` into directory ``path``."""
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def adapter_folder(path: str | os.PathLike, adapter_name: str) -> Path:
+    """Where ``adapter_name`` lives under ``path``: the folder itself for ``"default"``, else
+    the subfolder named after it (PEFT's layout)."""
+    return Path(path) if adapter_name == DEFAULT_ADAPTER else Path(path) / adapter_name
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None) -> Path:
+    """Save the model's adapters (or only ``adapter_name``) under directory ``path``.
+
+    Each adapter is one unit (see the module doc): ``"default"`` in ``path``, any other in
+    ``path/<name>``. Returns ``path``. Writers to one folder take turns; leftovers of killed
+    saves are removed by the next save.
+    """
+    model = unwrap_model(model)
     _require_adapter(model)
-    config: MoReConfig = getattr(model, CONFIG_ATTR)
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    text = config.to_json()
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    state = adapter_state_dict(model)
-    meta = {"format": "pt", "structmat_config_sha256": digest}
-    _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=meta))
-    _atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
-    return out
+    configs = adapter_configs(model)
+    names = list(configs) if adapter_name is None else [adapter_name]
+    for name in names:
+        if name not in configs:
+            raise ValueError(f"model has no adapter named {name!r}; its adapters: {list(configs)}")
+    for name in names:
+        text = configs[name].to_json()
+        state = adapter_state_dict(model, name)
+        meta = {
+            "format": "pt",
+            "structmat_format": FORMAT_VERSION,
+            "structmat_config": text,
+            "structmat_config_sha256": _sha256(text),
+            "structmat_tensors_sha256": tensors_sha256(state),
+        }
+        data = save_safetensors(state, metadata=meta)
+        with locked_folder(adapter_folder(path, name)) as folder:
+            write_atomically(folder / WEIGHTS_NAME, data)
+            write_atomically(folder / CONFIG_NAME, text.encode())
+    return Path(path)
 
 
-def _read_config_text(path: Path) -> str:
+def _header_metadata(data: bytes, where: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's header (its first 8 bytes give the length)."""
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if not 0 < size <= min(len(data) - 8, _MAX_HEADER):
+        raise ValueError(f"{where} is not a safetensors file (truncated or corrupt header)")
+    try:
+        header = json.loads(data[8 : 8 + size])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{where} has a corrupt header: {err}") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _foreign_config_error(path: Path) -> None:
+    """Raise a plain explanation when ``path`` holds another library's adapter."""
+    cfg = path / CONFIG_NAME
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return
+    peft_type = data.get("peft_type") if isinstance(data, dict) else None
+    if peft_type not in (None, "MORE"):
+        raise ValueError(
+            f"{str(path)!r} holds a PEFT {peft_type} adapter, not a MoRe adapter: load it with peft, "
+            f"e.g. peft.PeftModel.from_pretrained(base_model, {str(path)!r}) (structmat.adapters "
+            f"loads only adapters saved by save_adapter)"
+        )
+
+
+def _parse_config(text: str, where: Path) -> MoReConfig:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the adapter config in {where} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"the adapter config in {where} is not a JSON object")
+    try:
+        return MoReConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"the adapter config in {where} is invalid: {err}") from None
+
+
+def _missing_weights_error(path: Path) -> FileNotFoundError:
+    subfolders = sorted(p.name for p in path.iterdir() if (p / WEIGHTS_NAME).is_file()) if path.is_dir() else []
+    hint = f"; it has adapters in the subfolders {subfolders} (load them with adapter_name=...)" if subfolders else ""
+    return FileNotFoundError(f"no {WEIGHTS_NAME} in {str(path)!r}{hint}")
+
+
+def _config_from(meta: dict[str, str], path: Path) -> MoReConfig:
+    """The config a weights file was saved with: its own copy, or (older saves) the JSON file,
+    which must then be the one that file was saved with."""
+    weights = path / WEIGHTS_NAME
+    if "structmat_config" in meta:
+        text = meta["structmat_config"]
+        if meta.get("structmat_config_sha256") != _sha256(text):
+            raise ValueError(f"{weights} is corrupt: its config does not match its stored hash")
+        return _parse_config(text, weights)
+    _foreign_config_error(path)
     cfg_path = path / CONFIG_NAME
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {str(path)!r}")
-    return cfg_path.read_text()
+    text = cfg_path.read_text()
+    if meta.get("structmat_config_sha256") not in (None, _sha256(text)):
+        raise ValueError(f"{CONFIG_NAME} and {WEIGHTS_NAME} in {str(path)!r} come from different saves")
+    return _parse_config(text, cfg_path)
+
+
+def read_adapter(path: str | os.PathLike) -> SavedAdapter:
+    """Read and verify the adapter saved in folder ``path`` (bytes read once; see the module doc)."""
+    path = Path(path)
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        _foreign_config_error(path)
+        raise _missing_weights_error(path)
+    data = weights.read_bytes()
+    meta = _header_metadata(data, weights)
+    config = _config_from(meta, path)
+    try:
+        state = load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{weights} is corrupt: {err}") from None
+    stored = meta.get("structmat_tensors_sha256")
+    if stored is not None and stored != tensors_sha256(state):
+        raise ValueError(f"{weights} is corrupt: its tensors do not match their stored hash")
+    return SavedAdapter(path, config, state)
 
 
 def read_adapter_config(path: str | os.PathLike) -> MoReConfig:
-    """The :class:`MoReConfig` saved in directory ``path`` (unknown keys dropped with a warning)."""
-    return MoReConfig.from_dict(json.loads(_read_config_text(Path(path))))
-
-
-def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Apply a saved adapter to ``model`` (a fresh base model, or one with the same adapter).
-
-    Everything is checked before the model is touched: architecture, every target layer
-    present with the saved shape, every tensor present with the right shape. A mismatch
-    raises ``ValueError`` and leaves the model as it was.
-    """
+    """The :class:`MoReConfig` of the adapter saved in folder ``path`` (read from the weights
+    file, which is what :func:`load_adapter` uses; unknown keys dropped with a warning).
+    Refuses another library's adapter (``peft_type`` other than MoRe's)."""
     path = Path(path)
-    cfg_text = _read_config_text(path)
-    config = MoReConfig.from_dict(json.loads(cfg_text))
-    weights_path = path / WEIGHTS_NAME
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {str(path)!r}")
-    with safe_open(str(weights_path), framework="pt") as f:  # one read: metadata and tensors
-        meta = f.metadata() or {}
-        state = {key: f.get_tensor(key) for key in f.keys()}
-    if meta.get("structmat_config_sha256") not in (None, hashlib.sha256(cfg_text.encode()).hexdigest()):
-        raise ValueError(f"{CONFIG_NAME} and {WEIGHTS_NAME} in {str(path)!r} come from different saves")
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        _foreign_config_error(path)
+        cfg = path / CONFIG_NAME
+        if cfg.is_file():  # the config alone (a folder being assembled by hand, say)
+            return _parse_config(cfg.read_text(), cfg)
+        raise _missing_weights_error(path)
+    with open(weights, "rb") as f:  # the header only: the tensors can be large
+        head = f.read(8)
+        size = int.from_bytes(head, "little") if len(head) == 8 else -1
+        data = head + f.read(min(max(size, 0), _MAX_HEADER))
+    return _config_from(_header_metadata(data, weights), path)
 
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if config.base_model_type is not None and model_type != config.base_model_type:
-        raise ValueError(
-            f"adapter in {str(path)!r} was saved for model_type={config.base_model_type!r} "
-            f"({config.base_model_class}), but the model is model_type={model_type!r} ({type(model).__name__})"
-        )
-    already = more_layers(model)
-    problems = []
-    for name, shape in config.target_shapes.items():
-        try:
-            mod = model.get_submodule(name)
-        except AttributeError:
-            problems.append(f"missing layer {name!r}")
-            continue
-        base = mod.base_layer if name in already else mod
-        if not is_linear(base):
-            problems.append(f"{name!r} is a {type(base).__name__}, not a linear layer")
-        elif list(base_shape(base)) != list(shape):
-            problems.append(f"{name!r} has shape (in, out)={base_shape(base)}, adapter expects {tuple(shape)}")
-    if already and set(already) != set(config.target_shapes):
-        problems.append("model already has a MoRe adapter on other layers")
-    if problems:
-        raise ValueError(f"cannot load adapter from {str(path)!r}: " + "; ".join(problems))
 
+def _expected_shapes(model: nn.Module, config: MoReConfig, adapter_name: str) -> dict[str, tuple[int, ...]]:
     expected: dict[str, tuple[int, ...]] = {}
     for name, (in_f, out_f) in config.target_shapes.items():
         st = MonarchShape.for_more(in_f, out_f, config.nblocks, config.rank)
         expected[f"{name}.blkdiag1"] = (st.k, st.q, st.p)
         expected[f"{name}.blkdiag2"] = (st.l, st.s, st.r)
     for mod_name in config.resolved_modules_to_save:
-        try:
-            mod = model.get_submodule(mod_name)
-        except AttributeError:
-            raise ValueError(f"cannot load adapter: model has no module {mod_name!r} (modules_to_save)") from None
-        for pname, p in mod.named_parameters():
+        module = model.get_submodule(mod_name)
+        if isinstance(module, ModulesToSaveWrapper):
+            module = module.original_module
+        for pname, p in module.named_parameters():
             expected[f"{mod_name}.{pname}"] = tuple(p.shape)
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
-    if missing or extra or wrong:
-        raise ValueError(
-            f"cannot load adapter from {str(path)!r}: tensors missing {missing[:5]}, unexpected "
-            f"{extra[:5]}, wrong shape {[(k, tuple(state[k].shape), expected[k]) for k in wrong[:5]]}"
-        )
-
-    if not already:
-        fresh = MoReConfig.from_dict(
-            config.to_dict()
-            | {"target_modules": list(config.target_shapes), "modules_to_save": list(config.resolved_modules_to_save)}
-        )
-        apply_more(model, config=fresh)
-    with torch.no_grad():
-        for key, tensor in state.items():
-            target = _lookup_tensor(model, key)
-            target.copy_(tensor.to(device=target.device, dtype=target.dtype))
-    return model
+    return expected
 
 
-def _lookup_tensor(model: nn.Module, key: str) -> torch.Tensor:
+def _loading_problems(model: nn.Module, saved: SavedAdapter, adapter_name: str) -> list[str]:
+    """Everything that stops ``saved`` from loading into ``model`` as ``adapter_name``."""
+    config = saved.config
     layers = more_layers(model)
-    owner, _, leaf = key.rpartition(".")
-    if owner in layers and leaf in ("blkdiag1", "blkdiag2"):
-        return getattr(layers[owner].more, leaf)
-    return model.get_parameter(key)
+    if any(layer.merged for layer in layers.values()):
+        return ["the model has a merged adapter (its weights hold W + ΔW); unmerge() it first"]
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if config.base_model_type is not None and model_type != config.base_model_type:
+        return [
+            f"it was saved for model_type={config.base_model_type!r} ({config.base_model_class}), "
+            f"but the model is model_type={model_type!r} ({type(model).__name__})"
+        ]
+    problems = []
+    for name, shape in config.target_shapes.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            problems.append(f"missing layer {name!r}")
+            continue
+        base = module.base_layer if isinstance(module, MoReLinear) else module
+        if not is_linear(base):
+            problems.append(f"{name!r} is a {type(base).__name__}, not a linear layer")
+        elif list(base_shape(base)) != list(shape):
+            problems.append(f"{name!r} has shape (in, out)={base_shape(base)}, the adapter expects {tuple(shape)}")
+    for mod_name in config.resolved_modules_to_save:
+        try:
+            model.get_submodule(mod_name)
+        except AttributeError:
+            problems.append(f"the model has no module {mod_name!r} (modules_to_save)")
+    if problems:
+        return problems
+    try:
+        expected = _expected_shapes(model, config, adapter_name)
+    except ValueError as err:
+        return [f"its config is inconsistent: {err}"]
+    missing = sorted(set(expected) - set(saved.state))
+    extra = sorted(set(saved.state) - set(expected))
+    wrong = [k for k in expected if k in saved.state and tuple(saved.state[k].shape) != expected[k]]
+    if missing or extra or wrong:
+        problems.append(
+            f"tensors missing {missing[:5]}, unexpected {extra[:5]}, wrong shape "
+            f"{[(k, tuple(saved.state[k].shape), expected[k]) for k in wrong[:5]]}"
+        )
+    problems += [
+        f"{k} is {t.dtype}, not a floating-point tensor" for k, t in saved.state.items() if not t.is_floating_point()
+    ]
+    if adapter_name in adapter_configs(model):  # replace the values of an adapter of the same shapes
+        have = {n for n, layer in layers.items() if adapter_name in layer.more}
+        if have != set(config.target_shapes):
+            problems.append(
+                f"the model's adapter {adapter_name!r} is on other layers ({len(have)} layers, the saved one on "
+                f"{len(config.target_shapes)}); load it under another adapter_name, or delete_adapter() first"
+            )
+        else:
+            for name in sorted(have):
+                for factor in ("blkdiag1", "blkdiag2"):
+                    now = tuple(getattr(layers[name].more[adapter_name], factor).shape)
+                    if now != expected[f"{name}.{factor}"]:
+                        problems.append(
+                            f"layer {name!r}: the saved {factor} is {expected[f'{name}.{factor}']} but the model's "
+                            f"adapter {adapter_name!r} has {now}; load it under another adapter_name, or "
+                            f"delete_adapter() first"
+                        )
+        saved_now = set(adapter_configs(model)[adapter_name].resolved_modules_to_save)
+        if saved_now != set(config.resolved_modules_to_save):
+            problems.append(
+                f"the model's adapter {adapter_name!r} saves the modules {sorted(saved_now)}, the saved one "
+                f"{sorted(config.resolved_modules_to_save)}"
+            )
+    return problems
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = DEFAULT_ADAPTER) -> nn.Module:
+    """Load the adapter saved in folder ``path`` into ``model`` as ``adapter_name``.
+
+    ``model``: a base model (the adapter is applied), or one with adapters: a new name adds one,
+    the name of an adapter of the same shapes replaces its values. The loaded adapter becomes
+    active. Everything is checked before the model is touched (see the module doc); a problem
+    raises ``ValueError`` naming it and leaves the model as it was. Returns ``model``.
+    """
+    outer, model = model, unwrap_model(model)
+    saved = read_adapter(path)
+    problems = _loading_problems(model, saved, adapter_name)
+    if problems:
+        raise ValueError(f"cannot load the adapter in {str(path)!r}: " + "; ".join(problems))
+    config = saved.config
+    configs = adapter_configs(model)
+    if adapter_name not in configs:
+        fresh = dataclasses.replace(
+            config,
+            target_modules=list(config.target_shapes),
+            exclude_modules=None,
+            modules_to_save=list(config.resolved_modules_to_save),
+        )
+        if configs:
+            add_adapter(model, adapter_name, fresh)
+        else:
+            apply_more(model, config=fresh, adapter_name=adapter_name)
+    configs = dict(adapter_configs(model))
+    configs[adapter_name] = dataclasses.replace(config)
+    setattr(model, CONFIGS_ATTR, configs)
+    layers, wrappers = more_layers(model), saved_modules(model)
+    with torch.no_grad():
+        for key, tensor in saved.state.items():
+            owner, _, leaf = key.rpartition(".")
+            if owner in layers and leaf in ("blkdiag1", "blkdiag2"):
+                target = getattr(layers[owner].more[adapter_name], leaf)
+            else:
+                mod_name = next(m for m in wrappers if key.startswith(m + "."))
+                target = wrappers[mod_name].modules_to_save[adapter_name].get_parameter(key[len(mod_name) + 1 :])
+            target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+        for layer in layers.values():
+            if adapter_name in layer.more_dropout and isinstance(layer.more_dropout[adapter_name], nn.Dropout):
+                layer.more_dropout[adapter_name].p = config.dropout
+    set_adapter(model, adapter_name)
+    return outer
+
+
+def saved_adapter_names(path: str | os.PathLike) -> list[str]:
+    """The adapters saved under ``path``: ``"default"`` if the folder itself holds one, then every
+    subfolder that holds one (PEFT's layout)."""
+    path = Path(path)
+    names = [DEFAULT_ADAPTER] if (path / WEIGHTS_NAME).is_file() else []
+    if path.is_dir():
+        names += sorted(p.name for p in path.iterdir() if p.is_dir() and (p / WEIGHTS_NAME).is_file())
+    return names
+
+
+def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load every adapter saved under ``path`` (:func:`saved_adapter_names`), each under its name.
+
+    The adapter active before stays active when it is among them; otherwise ``"default"`` (or
+    the first) becomes active. All of them are read and checked before the model changes."""
+    outer, model = model, unwrap_model(model)
+    names = saved_adapter_names(path)
+    if not names:
+        _foreign_config_error(Path(path))
+        raise _missing_weights_error(Path(path))
+    before = getattr(model, "structmat_active_adapter", None)
+    for name in names:  # check every one first: a problem with the second must not leave the first loaded
+        saved = read_adapter(adapter_folder(path, name))
+        problems = _loading_problems(model, saved, name)
+        if problems:
+            raise ValueError(f"cannot load the adapter in {str(saved.path)!r}: " + "; ".join(problems))
+    for name in names:
+        load_adapter(model, adapter_folder(path, name), adapter_name=name)
+    set_adapter(model, before if before in names else names[0])
+    return outer
+
+
+def from_pretrained(path: str | os.PathLike, **model_kwargs) -> nn.Module:
+    """Base model + saved adapters in one call, as PEFT's ``AutoPeftModel...from_pretrained``.
+
+    The base model is the transformers class recorded at save time (``base_model_class``), loaded
+    with ``from_pretrained(config.base_model_name_or_path, **model_kwargs)`` (plus the number of
+    labels of a classifier); then every adapter saved under ``path`` is loaded
+    (:func:`load_adapters`). Returns the model in eval mode.
+    """
+    names = saved_adapter_names(path)
+    if not names:
+        _foreign_config_error(Path(path))
+        raise _missing_weights_error(Path(path))
+    config = read_adapter_config(adapter_folder(path, names[0]))
+    if not config.base_model_name_or_path:
+        raise ValueError(
+            f"the adapter in {str(path)!r} does not record where its base model loads from "
+            f"(base_model_name_or_path); load the base model yourself and call load_adapter(model, path)"
+        )
+    import transformers
+
+    cls = getattr(transformers, config.base_model_class or "", None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise ValueError(
+            f"the adapter in {str(path)!r} was saved for {config.base_model_class!r}, which this transformers "
+            f"version does not have; load the base model yourself and call load_adapter(model, path)"
+        )
+    kwargs = ({"num_labels": config.num_labels} if config.num_labels else {}) | model_kwargs
+    model = cls.from_pretrained(config.base_model_name_or_path, **kwargs)
+    load_adapters(model, path)
+    return model.eval()
+
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "SavedAdapter",
+    "adapter_state_dict",
+    "from_pretrained",
+    "load_adapter",
+    "load_adapters",
+    "read_adapter",
+    "read_adapter_config",
+    "save_adapter",
+    "saved_adapter_names",
+]

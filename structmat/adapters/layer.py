@@ -1,4 +1,4 @@
-"""``MoReLinear``: a frozen linear layer plus a Monarch update, ``base(x) + monarch(dropout(x))``."""
+"""``MoReLinear``: a frozen linear layer plus named Monarch updates, ``base(x) + monarch(dropout(x))``."""
 
 from __future__ import annotations
 
@@ -17,16 +17,63 @@ def base_shape(base: nn.Module) -> tuple[int, int]:
     return in_f, out_f
 
 
+def check_adapter_name(name: object) -> str:
+    """An adapter name is a non-empty string without dots (it becomes a ``ModuleDict`` key)."""
+    if not isinstance(name, str) or not name or "." in name:
+        raise ValueError(f"adapter_name must be a non-empty string without '.', got {name!r}")
+    return name
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run hooks: its own forward/backward (pre-)hooks, or the
+    process-wide module hooks (``nn.modules.module.register_module_*_hook``)."""
+    own = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
+    glob = nn.modules.module
+    everywhere = (
+        glob._global_forward_hooks,
+        glob._global_forward_pre_hooks,
+        glob._global_backward_hooks,
+        glob._global_backward_pre_hooks,
+    )
+    return any(own) or any(everywhere)
+
+
+def new_update(base_layer: nn.Module, nblocks: int, rank: int) -> Monarch:
+    """A zero update for ``base_layer`` (``blkdiag2 = 0``, ``blkdiag1`` kaiming), on its weight's
+    device and dtype; a shape that does not fit raises ``ValueError`` naming the layer's size."""
+    in_f, out_f = base_shape(base_layer)
+    weight = base_layer.weight
+    try:
+        monarch = Monarch(
+            in_f,
+            out_f,
+            nblocks,
+            rank,
+            init1="kaiming",
+            init2="zeros",
+            device=weight.device,
+            dtype=weight.dtype if weight.is_floating_point() else None,
+        )
+    except ValueError as err:
+        raise ValueError(f"{err} (layer of shape in={in_f}, out={out_f})") from None
+    # Keep only x for backward (the frozen base layer keeps it anyway): less memory than
+    # LoRA, which also keeps A @ x; costs one small recomputed product.
+    monarch.recompute_middle = True
+    return monarch
+
+
 class MoReLinear(nn.Module):
-    """Wraps ``base_layer`` (``nn.Linear`` or ``Conv1D``, frozen) with a MoRe update.
+    """Wraps ``base_layer`` (``nn.Linear`` or ``Conv1D``, frozen) with one or more named MoRe updates.
 
-    ``forward(x) = base_layer(x) + more(dropout(x))`` where ``more`` is a
-    :class:`~structmat.Monarch` of shape ``(out, in)`` with ``blkdiag2`` zero at init, so the
-    wrapped layer starts equal to the base layer. No alpha scaling (MoRe has none). Dropout
-    acts on the adapter's input, as in LoRA (the MoRe reference puts it on the output).
+    ``forward(x) = base_layer(x) + more[active](dropout(x))`` where ``more[name]`` is a
+    :class:`~structmat.Monarch` of shape ``(out, in)`` whose ``blkdiag2`` is zero at init, so the
+    wrapped layer starts equal to the base layer. No alpha scaling (MoRe has none). Dropout acts
+    on the adapter's input, as in LoRA (the MoRe reference puts it on the output).
 
-    ``merge()`` folds ``ΔW = more.to_dense()`` into the base weight and keeps the original
-    weight so that ``unmerge()`` restores it bit for bit.
+    Adapters live in ``more`` (an ``nn.ModuleDict``: parameters ``more.<name>.blkdiag1``); the
+    active one is :attr:`monarch`. ``merge()`` folds the active adapter's ``ΔW`` into a new base
+    weight and keeps the original weight (the same ``Parameter``, so a weight tied to other
+    modules stays tied and untouched) until ``unmerge()`` puts it back, bit for bit.
 
     For a plain ``nn.Linear`` base (no hooks, no dropout, one dtype, small middle width, no
     Triton) the base and the update run as one autograd node
@@ -36,93 +83,134 @@ class MoReLinear(nn.Module):
 
     fused: bool = True
 
-    def __init__(self, base_layer: nn.Module, nblocks: int = 4, rank: int = 4, dropout: float = 0.0):
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        nblocks: int = 4,
+        rank: int = 4,
+        dropout: float = 0.0,
+        *,
+        adapter_name: str = "default",
+        monarch: Monarch | None = None,
+    ):
         super().__init__()
         in_f, out_f = base_shape(base_layer)
-        weight = base_layer.weight
         self.base_layer = base_layer
         self.in_features, self.out_features = in_f, out_f
         self.is_conv1d = not isinstance(base_layer, nn.Linear)
-        try:
-            self.more = Monarch(
-                in_f,
-                out_f,
-                nblocks,
-                rank,
-                init1="kaiming",
-                init2="zeros",
-                device=weight.device,
-                dtype=weight.dtype if weight.is_floating_point() else None,
-            )
-        except ValueError as err:
-            raise ValueError(f"{err} (layer of shape in={in_f}, out={out_f})") from None
-        # Keep only x for backward (the frozen base layer keeps it anyway): less memory than
-        # LoRA, which also keeps A @ x; costs one small recomputed bmm.
-        self.more.recompute_middle = True
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.merged = False
+        self.more = nn.ModuleDict()
+        self.more_dropout = nn.ModuleDict()
+        self.active_adapter: str | None = None
+        self.merged_adapter: str | None = None
         self.disabled = False
-        self._original_weight: torch.Tensor | None = None
+        self.add_adapter(adapter_name, nblocks, rank, dropout, monarch=monarch)
 
-    def delta_weight(self) -> torch.Tensor:
+    # -- named adapters -------------------------------------------------------------------------
+    def add_adapter(
+        self, adapter_name: str, nblocks: int, rank: int, dropout: float = 0.0, monarch: Monarch | None = None
+    ) -> None:
+        """Add an adapter (``monarch``, or a fresh zero update); the first one becomes active."""
+        check_adapter_name(adapter_name)
+        if adapter_name in self.more:
+            raise ValueError(f"this layer already has an adapter named {adapter_name!r}")
+        self.more[adapter_name] = monarch if monarch is not None else new_update(self.base_layer, nblocks, rank)
+        self.more_dropout[adapter_name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if self.active_adapter is None:
+            self.active_adapter = adapter_name
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if self.merged_adapter == adapter_name:
+            raise ValueError(f"adapter {adapter_name!r} is merged into the base weight; unmerge() first")
+        del self.more[adapter_name]
+        del self.more_dropout[adapter_name]
+        if self.active_adapter == adapter_name:
+            self.active_adapter = next(iter(self.more), None)
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the one :meth:`forward` adds (it need not exist on this layer:
+        then the layer computes the base layer alone)."""
+        if self.merged_adapter is not None and adapter_name != self.merged_adapter:
+            raise ValueError(f"adapter {self.merged_adapter!r} is merged into the base weight; unmerge() first")
+        self.active_adapter = adapter_name
+
+    @property
+    def monarch(self) -> Monarch:
+        """The active adapter's Monarch update."""
+        if self.active_adapter not in self.more:
+            raise AttributeError(f"this layer has no active adapter (adapters: {list(self.more)})")
+        return self.more[self.active_adapter]
+
+    def delta_weight(self, adapter_name: str | None = None) -> torch.Tensor:
         """``ΔW`` in the base layer's layout: ``(out, in)`` for Linear, ``(in, out)`` for Conv1D."""
-        delta = self.more.to_dense()
+        delta = (self.more[adapter_name] if adapter_name is not None else self.monarch).to_dense()
         return delta.T if self.is_conv1d else delta
 
+    # -- forward --------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self.base_layer
-        if self.merged or self.disabled:
+        if self.merged_adapter is not None or self.disabled or self.active_adapter not in self.more:
             return base(x)
+        monarch, dropout = self.more[self.active_adapter], self.more_dropout[self.active_adapter]
         if self._fusable(x):
-            return FrozenLinearMonarch.apply(x, base.weight, base.bias, self.more.blkdiag1, self.more.blkdiag2)
-        return self.more.addmm(base(x), self.dropout(x).to(self.more.dtype))  # y + update, fused
+            return FrozenLinearMonarch.apply(x, base.weight, base.bias, monarch.blkdiag1, monarch.blkdiag2)
+        return monarch.addmm(base(x), dropout(x).to(monarch.dtype))  # y + update, fused
 
     def _fusable(self, x: torch.Tensor) -> bool:
         """Whether :class:`FrozenLinearMonarch` computes exactly what the unfused path would."""
-        base, st = self.base_layer, self.more.structure
-        module_hooks = nn.modules.module
+        monarch, dropout = self.more[self.active_adapter], self.more_dropout[self.active_adapter]
+        base, st = self.base_layer, monarch.structure
         return (
             self.fused
             and type(base) is nn.Linear  # a subclass (quantized, ...) keeps its own forward
             and "forward" not in base.__dict__  # nor a patched instance (accelerate's hooks)
-            and not (base._forward_hooks or base._forward_pre_hooks)
-            and not (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)
-            and (isinstance(self.dropout, nn.Identity) or not self.dropout.training)
-            and x.dtype == base.weight.dtype == self.more.dtype
-            and not self.more.batch_shape
+            and not has_hooks(base)
+            and (isinstance(dropout, nn.Identity) or not dropout.training)
+            and x.dtype == base.weight.dtype == monarch.dtype
+            and not monarch.batch_shape
             and st.k * st.p == self.in_features  # no padding
             and st.l * st.s == self.out_features  # no cropping
-            and multiply.uses_expanded(self.more.blkdiag1)
-            and not multiply._use_triton(x, self.more.blkdiag1, self.more.blkdiag2)
+            and multiply.uses_expanded(monarch.blkdiag1)
+            and not multiply._use_triton(x, monarch.blkdiag1, monarch.blkdiag2)
             and not torch.is_autocast_enabled(x.device.type)
         )
 
+    # -- merge ----------------------------------------------------------------------------------
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
-        """``W + ΔW`` in the base weight's layout and dtype (nothing is changed)."""
+        """``W + ΔW`` of the active adapter, in the base weight's layout and dtype (nothing changes)."""
         weight = self.base_layer.weight
         return weight + self.delta_weight().to(weight.dtype)
 
     @torch.no_grad()
     def merge(self, safe_merge: bool = False) -> None:
-        """``W <- W + ΔW``; with ``safe_merge`` the result is checked for NaN/inf first."""
-        if self.merged:
+        """Use ``W + ΔW`` (active adapter) as the base weight; ``safe_merge`` checks it is finite.
+
+        The merged weight is a new ``Parameter``; the original one is kept (registered as
+        ``unmerged_weight``, so ``.to()`` moves it) and never written to, so a weight shared
+        with other modules (tied embeddings) stays as it was for them.
+        """
+        if self.merged_adapter is not None:
             return
+        weight = self.base_layer.weight
         merged = self.merged_weight()
         if safe_merge and not bool(torch.isfinite(merged).all()):
             raise ValueError("safe_merge: merging this adapter produces NaN or inf weights; not merged")
-        self._original_weight = self.base_layer.weight.detach().clone()
-        self.base_layer.weight.copy_(merged)
-        self.merged = True
+        self.unmerged_weight = weight
+        self.base_layer.weight = nn.Parameter(merged, requires_grad=weight.requires_grad)
+        self.merged_adapter = self.active_adapter
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Restore the base weight exactly as it was before :meth:`merge`."""
-        if not self.merged:
+        """Put the original base weight (the very same ``Parameter``) back."""
+        if self.merged_adapter is None:
             return
-        self.base_layer.weight.copy_(self._original_weight)
-        self._original_weight = None
-        self.merged = False
+        self.base_layer.weight = self.unmerged_weight
+        del self.unmerged_weight
+        self.merged_adapter = None
+
+    @property
+    def merged(self) -> bool:
+        return self.merged_adapter is not None
 
     def extra_repr(self) -> str:
-        return f"merged={self.merged}, disabled={self.disabled}"
+        return f"active_adapter={self.active_adapter!r}, merged={self.merged}, disabled={self.disabled}"

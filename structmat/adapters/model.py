@@ -1,18 +1,59 @@
-"""Model-level MoRe: ``apply_more`` and merge / unmerge / unload / disable / parameter reports."""
+"""Model-level MoRe: ``apply_more``, named adapters, merge / unmerge / unload / disable, parameter reports.
+
+A model adapted in place carries its adapters' configs in the attribute
+``structmat_more_configs`` (adapter name -> :class:`MoReConfig`) and the active adapter's name in
+``structmat_active_adapter``; the layers carry the weights (:class:`MoReLinear`,
+:class:`ModulesToSaveWrapper`). Every function here accepts the model as the user holds it:
+wrapped by ``torch.compile``, ``DistributedDataParallel`` or ``DataParallel`` too.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import warnings
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
 from .. import __version__
 from .config import MoReConfig
-from .layer import MoReLinear, base_shape
-from .targets import TargetSpec, resolve_modules_to_save, resolve_targets
+from .layer import MoReLinear, base_shape, check_adapter_name, new_update
+from .saved_modules import ModulesToSaveWrapper
+from .targets import TargetSpec, candidate_modules, resolve_modules_to_save, resolve_targets
 
-CONFIG_ATTR = "structmat_more_config"
+CONFIGS_ATTR = "structmat_more_configs"
+ACTIVE_ATTR = "structmat_active_adapter"
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile`` (``_orig_mod``), DDP / DataParallel (``module``) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if isinstance(inner, nn.Module):
+            model = inner
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def adapter_configs(model: nn.Module) -> dict[str, MoReConfig]:
+    """The model's MoRe adapters by name (empty when it has none)."""
+    return getattr(unwrap_model(model), CONFIGS_ATTR, None) or {}
+
+
+def active_adapter(model: nn.Module) -> str:
+    """The name of the adapter the model computes with."""
+    model = unwrap_model(model)
+    _require_adapter(model)
+    return getattr(model, ACTIVE_ATTR)
+
+
+def list_adapters(model: nn.Module) -> list[str]:
+    """The names of the model's MoRe adapters, in the order they were added."""
+    return list(adapter_configs(model))
 
 
 def apply_more(
@@ -25,14 +66,17 @@ def apply_more(
     exclude_modules: TargetSpec = None,
     modules_to_save: str | list[str] | None = "auto",
     config: MoReConfig | None = None,
+    adapter_name: str = "default",
 ) -> nn.Module:
     """Make ``model`` MoRe-fine-tunable, in place; returns the same model.
 
     Every parameter is frozen; each targeted linear layer (``nn.Linear`` or ``Conv1D``) is
     replaced by a :class:`MoReLinear` whose Monarch update starts at zero, so the adapted
     model computes exactly what the base model did. ``modules_to_save`` ("auto": the
-    classifier head of a sequence-classification model) stay trainable. Trainable
-    parameters: ``rank * (in + out)`` per target (``nblocks`` dividing both sizes).
+    classifier head of a sequence-classification model) are trained as copies, the originals
+    kept for :func:`disable_adapter`. Trainable parameters: ``rank * (in + out)`` per target
+    (``nblocks`` dividing both sizes). ``config`` (a :class:`MoReConfig`) replaces the
+    keyword settings and is not modified. More adapters: :func:`add_adapter`.
 
     Example::
 
@@ -40,8 +84,11 @@ def apply_more(
         model = apply_more(model, target_modules=["query", "value"], nblocks=4, rank=1)
         print_trainable_parameters(model)
     """
-    if getattr(model, CONFIG_ATTR, None) is not None:
-        raise ValueError("model already has a MoRe adapter; unload() it first")
+    if adapter_configs(model):
+        raise ValueError(
+            f"model already has a MoRe adapter ({list_adapters(model)}); add another with "
+            f"add_adapter(model, name, config), or unload() it first"
+        )
     if config is None:
         config = MoReConfig(
             target_modules=target_modules,
@@ -51,31 +98,118 @@ def apply_more(
             rank=rank,
             dropout=dropout,
         )
+    return _add_adapter(model, adapter_name, config, stacklevel=3)
+
+
+def add_adapter(model: nn.Module, adapter_name: str, config: MoReConfig) -> nn.Module:
+    """Add a MoRe adapter named ``adapter_name`` (``config`` is not modified); the first adapter
+    of a model becomes active, later ones stay inactive (and frozen) until :func:`set_adapter`.
+
+    Everything is checked before the model changes: the name, the targets, every layer's shapes.
+    """
+    return _add_adapter(model, adapter_name, config, stacklevel=3)
+
+
+def _add_adapter(model: nn.Module, adapter_name: str, config: MoReConfig, stacklevel: int) -> nn.Module:
+    if not isinstance(config, MoReConfig):
+        raise TypeError(f"config must be a MoReConfig, got {type(config).__name__}")
+    check_adapter_name(adapter_name)
+    outer, model = model, unwrap_model(model)
+    configs = dict(adapter_configs(model))
+    if adapter_name in configs:
+        raise ValueError(f"model already has an adapter named {adapter_name!r}; delete_adapter() it first")
+    if any(layer.merged for layer in more_layers(model).values()):
+        raise ValueError("model has a merged adapter; unmerge() it before adding another")
     saved = resolve_modules_to_save(model, config.modules_to_save)
     targets = resolve_targets(model, config.target_modules, config.exclude_modules, saved)
-    # Build every wrapper before touching the model: a layer that does not fit fails cleanly.
-    wrappers = {}
+    # Build every update before touching the model: a layer that does not fit fails cleanly.
+    updates = {}
     for name in targets:
         try:
-            wrappers[name] = MoReLinear(model.get_submodule(name), config.nblocks, config.rank, config.dropout)
+            updates[name] = new_update(_base_of(model.get_submodule(name)), config.nblocks, config.rank)
         except ValueError as err:
             raise ValueError(f"cannot adapt layer {name!r}: {err}") from None
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for name, wrapper in wrappers.items():
-        _set_submodule(model, name, wrapper)
-        wrapper.more.requires_grad_(True)
+    for name, mods in _shared_weight_owners(model, targets).items():
+        warnings.warn(
+            f"target module {name!r} shares its weight with {', '.join(map(repr, mods))} (tied weights): "
+            f"merging gives {name!r} its own merged weight and leaves the others unchanged",
+            stacklevel=stacklevel,
+        )
+
+    first = not configs
+    if first:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    for name, update in updates.items():
+        layer = model.get_submodule(name)
+        if isinstance(layer, MoReLinear):
+            layer.add_adapter(adapter_name, config.nblocks, config.rank, config.dropout, monarch=update)
+        else:
+            wrapper = MoReLinear(layer, dropout=config.dropout, adapter_name=adapter_name, monarch=update)
+            _set_submodule(model, name, wrapper)
     for name in saved:
-        model.get_submodule(name).requires_grad_(True)
+        module = model.get_submodule(name)
+        if isinstance(module, ModulesToSaveWrapper):
+            module.add_adapter(adapter_name)
+        else:
+            _set_submodule(model, name, ModulesToSaveWrapper(module, adapter_name))
     model_config = getattr(model, "config", None)
-    config.resolved_targets = targets
-    config.resolved_modules_to_save = saved
-    config.base_model_type = getattr(model_config, "model_type", None)
-    config.base_model_class = type(model).__name__
-    config.target_shapes = {n: list(base_shape(w.base_layer)) for n, w in wrappers.items()}
-    config.structmat_version = __version__
-    setattr(model, CONFIG_ATTR, config)
-    return model
+    configs[adapter_name] = dataclasses.replace(
+        config,
+        resolved_targets=list(targets),
+        resolved_modules_to_save=list(saved),
+        base_model_type=getattr(model_config, "model_type", None),
+        base_model_class=type(model).__name__,
+        base_model_name_or_path=config.base_model_name_or_path or _name_or_path(model),
+        task_type=config.task_type or _task_type(model),
+        num_labels=getattr(model_config, "num_labels", None) if _task_type(model) in ("SEQ_CLS", "TOKEN_CLS") else None,
+        target_shapes={n: list(base_shape(_base_of(model.get_submodule(n)))) for n in targets},
+        structmat_version=__version__,
+    )
+    setattr(model, CONFIGS_ATTR, configs)
+    if first:
+        setattr(model, ACTIVE_ATTR, adapter_name)
+    set_adapter(model, getattr(model, ACTIVE_ATTR))  # the active adapter alone is trainable
+    return outer
+
+
+def _base_of(layer: nn.Module) -> nn.Module:
+    return layer.base_layer if isinstance(layer, MoReLinear) else layer
+
+
+def _name_or_path(model: nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "_name_or_path", None) or None
+
+
+_TASK_TYPES = {  # transformers class-name suffix -> PEFT's TaskType
+    "ForSequenceClassification": "SEQ_CLS",
+    "ForTokenClassification": "TOKEN_CLS",
+    "ForQuestionAnswering": "QUESTION_ANS",
+    "ForCausalLM": "CAUSAL_LM",
+    "ForConditionalGeneration": "SEQ_2_SEQ_LM",
+}
+
+
+def _task_type(model: nn.Module) -> str | None:
+    return next((t for suffix, t in _TASK_TYPES.items() if type(model).__name__.endswith(suffix)), None)
+
+
+def _shared_weight_owners(model: nn.Module, targets: list[str]) -> dict[str, list[str]]:
+    """For each target whose weight shares storage with a parameter of another module: those
+    modules' names."""
+    owners: dict[int, list[str]] = {}
+    for name, module in candidate_modules(model):
+        for p in module.parameters(recurse=False):
+            owners.setdefault(p.untyped_storage().data_ptr(), []).append(name)
+        if isinstance(module, MoReLinear):  # its base layer's weight, under the wrapper's name
+            owners.setdefault(module.base_layer.weight.untyped_storage().data_ptr(), []).append(name)
+    shared = {}
+    for name in targets:
+        weight = _base_of(model.get_submodule(name)).weight
+        others = [o for o in owners.get(weight.untyped_storage().data_ptr(), []) if o != name]
+        if others:
+            shared[name] = list(dict.fromkeys(others))
+    return shared
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -86,7 +220,12 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def more_layers(model: nn.Module) -> dict[str, MoReLinear]:
     """The model's :class:`MoReLinear` layers by dotted name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, MoReLinear)}
+    return {n: m for n, m in unwrap_model(model).named_modules() if isinstance(m, MoReLinear)}
+
+
+def saved_modules(model: nn.Module) -> dict[str, ModulesToSaveWrapper]:
+    """The model's :class:`ModulesToSaveWrapper` modules by dotted name."""
+    return {n: m for n, m in unwrap_model(model).named_modules() if isinstance(m, ModulesToSaveWrapper)}
 
 
 def _require_adapter(model: nn.Module) -> dict[str, MoReLinear]:
@@ -96,16 +235,69 @@ def _require_adapter(model: nn.Module) -> dict[str, MoReLinear]:
     return layers
 
 
-def get_adapter_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The adapter's own parameters (Monarch factors), by name, not the modules_to_save."""
-    return {n: p for n, p in model.named_parameters() if ".more." in f".{n}"}
+def _require_name(model: nn.Module, adapter_name: str) -> None:
+    names = list_adapters(model)
+    if adapter_name not in names:
+        raise ValueError(f"model has no adapter named {adapter_name!r}; its adapters: {names}")
+
+
+def set_adapter(model: nn.Module, adapter_name: str) -> nn.Module:
+    """Compute with ``adapter_name`` (its Monarch updates and its copies of the saved modules);
+    only that adapter is trainable afterwards."""
+    model = unwrap_model(model)
+    _require_name(model, adapter_name)
+    layers = more_layers(model)
+    merged = {layer.merged_adapter for layer in layers.values()} - {None}
+    if merged and merged != {adapter_name}:
+        raise ValueError(f"adapter {merged.pop()!r} is merged into the weights; unmerge() before switching")
+    for layer in layers.values():
+        layer.set_adapter(adapter_name)
+        for name, monarch in layer.more.items():
+            monarch.requires_grad_(name == adapter_name)
+    for wrapper in saved_modules(model).values():
+        wrapper.set_adapter(adapter_name)
+        for name, copy in wrapper.modules_to_save.items():
+            copy.requires_grad_(name == adapter_name)
+    setattr(model, ACTIVE_ATTR, adapter_name)
+    return model
+
+
+def delete_adapter(model: nn.Module, adapter_name: str) -> nn.Module:
+    """Remove ``adapter_name``'s weights and config. Deleting the last adapter is :func:`unload`."""
+    model = unwrap_model(model)
+    _require_name(model, adapter_name)
+    configs = dict(adapter_configs(model))
+    if len(configs) == 1:
+        return unload(model)
+    layers = more_layers(model)
+    if any(layer.merged_adapter == adapter_name for layer in layers.values()):
+        raise ValueError(f"adapter {adapter_name!r} is merged into the weights; unmerge() it first")
+    for layer in layers.values():
+        if adapter_name in layer.more:
+            layer.delete_adapter(adapter_name)
+    for wrapper in saved_modules(model).values():
+        if adapter_name in wrapper.modules_to_save:
+            wrapper.delete_adapter(adapter_name)
+    del configs[adapter_name]
+    setattr(model, CONFIGS_ATTR, configs)
+    if getattr(model, ACTIVE_ATTR) == adapter_name:
+        set_adapter(model, next(iter(configs)))
+    return model
+
+
+def get_adapter_parameters(model: nn.Module, adapter_name: str | None = None) -> dict[str, nn.Parameter]:
+    """An adapter's own parameters (its Monarch factors; default: the active adapter's), by name.
+    The copies of the modules to save are not included."""
+    model = unwrap_model(model)
+    name = adapter_name if adapter_name is not None else getattr(model, ACTIVE_ATTR, None)
+    return {n: p for n, p in model.named_parameters() if f".more.{name}." in f".{n}"}
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts (shared tensors counted once)."""
     seen: set[int] = set()
     trainable = total = 0
-    for p in model.parameters():
+    for p in unwrap_model(model).parameters():
         if id(p) in seen:
             continue
         seen.add(id(p))
@@ -121,14 +313,20 @@ def print_trainable_parameters(model: nn.Module) -> None:
 
 
 def merge(model: nn.Module, safe_merge: bool = False) -> nn.Module:
-    """Fold every ``ΔW`` into its base weight (reversible with :func:`unmerge`)."""
+    """Fold the active adapter's ``ΔW`` into every adapted layer (reversible with :func:`unmerge`).
+
+    A base weight tied to other modules is not written to: the layer gets a merged copy.
+    """
     layers = _require_adapter(model)
     if safe_merge:  # check all before changing any
         for name, layer in layers.items():
-            if not layer.merged and not bool(layer.merged_weight().isfinite().all()):
+            if layer.merged or layer.active_adapter not in layer.more:
+                continue
+            if not bool(layer.merged_weight().isfinite().all()):
                 raise ValueError(f"safe_merge: layer {name!r} would get NaN or inf weights; nothing merged")
     for layer in layers.values():
-        layer.merge()
+        if layer.active_adapter in layer.more:
+            layer.merge()
     return model
 
 
@@ -142,38 +340,90 @@ def unmerge(model: nn.Module) -> nn.Module:
 def unload(model: nn.Module) -> nn.Module:
     """Remove the adapter layers without merging (the base model again); assign the result.
 
-    ``modules_to_save`` keep their trained weights.
+    The modules to save keep the active adapter's trained copy.
     """
-    for name, layer in _require_adapter(model).items():
-        layer.unmerge()
-        _set_submodule(model, name, layer.base_layer)
-    if hasattr(model, CONFIG_ATTR):
-        delattr(model, CONFIG_ATTR)
-    return model
+    return _remove_adapters(model, merge_first=False)
 
 
 def merge_and_unload(model: nn.Module, safe_merge: bool = False) -> nn.Module:
-    """Merge ``ΔW`` into the weights and return a plain model (no adapter layers left)."""
+    """Merge the active adapter into the weights and return a plain model (no adapter layers),
+    whose modules to save are the active adapter's trained copies.
+
+    Where a merged layer's weight was tied to another module (``lm_head`` and the input
+    embeddings), the merged model has them untied and its config says so
+    (``tie_word_embeddings=False``), so that it saves and loads as what it computes.
+    """
     merge(model, safe_merge=safe_merge)
-    for name, layer in more_layers(model).items():
-        layer._original_weight = None
+    return _remove_adapters(model, merge_first=True)
+
+
+def _remove_adapters(model: nn.Module, merge_first: bool) -> nn.Module:
+    outer, model = model, unwrap_model(model)
+    layers = _require_adapter(model)
+    tied_before = _tied_embeddings(model)
+    for name, layer in layers.items():
+        if not merge_first:
+            layer.unmerge()
         _set_submodule(model, name, layer.base_layer)
-    if hasattr(model, CONFIG_ATTR):
-        delattr(model, CONFIG_ATTR)
-    return model
+    for name, wrapper in saved_modules(model).items():
+        _set_submodule(model, name, wrapper.active_module)
+    for attr in (CONFIGS_ATTR, ACTIVE_ATTR):
+        if hasattr(model, attr):
+            delattr(model, attr)
+    if tied_before and not _tied_embeddings(model):
+        _untie_config(model)
+    return outer
+
+
+def _tied_embeddings(model: nn.Module) -> bool:
+    """Whether the output head shares its weight with the input embeddings (for an adapted
+    head: its original weight, also while merged)."""
+    try:
+        inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return False
+    if isinstance(out, MoReLinear):
+        out_weight = out.unmerged_weight if out.merged else out.base_layer.weight
+    elif isinstance(out, ModulesToSaveWrapper):
+        out_weight = getattr(out.original_module, "weight", None)
+    else:
+        out_weight = getattr(out, "weight", None)
+    in_weight = getattr(inp, "weight", None)
+    if not isinstance(out_weight, torch.Tensor) or not isinstance(in_weight, torch.Tensor):
+        return False
+    return out_weight.untyped_storage().data_ptr() == in_weight.untyped_storage().data_ptr()
+
+
+def _untie_config(model: nn.Module) -> None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    configs = [config]
+    if hasattr(config, "get_text_config"):
+        configs.append(config.get_text_config())
+    for c in configs:
+        if getattr(c, "tie_word_embeddings", False):
+            c.tie_word_embeddings = False
+    warnings.warn(
+        "the merged output head no longer shares its weight with the input embeddings; the model's "
+        "config now has tie_word_embeddings=False so that save_pretrained/from_pretrained keep them apart",
+        stacklevel=3,
+    )
 
 
 @contextlib.contextmanager
 def disable_adapter(model: nn.Module) -> Iterator[nn.Module]:
-    """``with disable_adapter(model): ...`` computes the base model's outputs."""
+    """``with disable_adapter(model): ...`` computes the base model's outputs: no Monarch update,
+    and the original of every module to save (a classifier head)."""
     layers = _require_adapter(model)
-    previous = {n: m.disabled for n, m in layers.items()}
-    for layer in layers.values():
-        if layer.merged:
-            raise ValueError("disable_adapter on a merged model: unmerge() it first")
-        layer.disabled = True
+    wrappers = saved_modules(model)
+    if any(layer.merged for layer in layers.values()):
+        raise ValueError("disable_adapter on a merged model: unmerge() it first")
+    previous = [(m, m.disabled) for m in (*layers.values(), *wrappers.values())]
+    for module, _ in previous:
+        module.disabled = True
     try:
         yield model
     finally:
-        for n, layer in layers.items():
-            layer.disabled = previous[n]
+        for module, state in previous:
+            module.disabled = state

@@ -46,8 +46,32 @@ def is_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
+def _adapter_wrapper_types() -> tuple[type, ...]:
+    from .layer import MoReLinear
+    from .saved_modules import ModulesToSaveWrapper
+
+    return MoReLinear, ModulesToSaveWrapper
+
+
+def candidate_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``named_modules()`` without the insides of adapter wrappers (a wrapped layer's
+    ``base_layer``, a saved module's copies): those are never targets themselves."""
+    wrappers = _adapter_wrapper_types()
+    out, inside = [], []
+    for name, mod in model.named_modules():
+        if not name or any(name.startswith(w + ".") for w in inside):
+            continue
+        out.append((name, mod))
+        if isinstance(mod, wrappers):
+            inside.append(name)
+    return out
+
+
 def linear_layer_names(model: nn.Module) -> list[str]:
-    return [name for name, mod in model.named_modules() if name and is_linear(mod)]
+    """Dotted names of the linear layers an adapter can wrap (a layer already wrapped by an
+    adapter counts as the linear layer it wraps)."""
+    more_linear = _adapter_wrapper_types()[0]
+    return [name for name, mod in candidate_modules(model) if is_linear(mod) or isinstance(mod, more_linear)]
 
 
 def summarize_names(names: Iterable[str]) -> str:
@@ -81,7 +105,7 @@ def resolve_modules_to_save(model: nn.Module, modules_to_save: str | Iterable[st
         return [n for n, _ in model.named_children() if n in CLASSIFIER_HEADS]
     if isinstance(modules_to_save, str):
         modules_to_save = [modules_to_save]
-    names = [n for n, _ in model.named_modules() if n]
+    names = [n for n, _ in candidate_modules(model)]
     out = []
     for spec in modules_to_save:
         hits = [n for n in names if n == spec or n.endswith("." + spec)]

@@ -121,7 +121,7 @@ def monarch_multiply(
             else:
                 fn = _ExpandedRecompute if expanded else _MonarchRecompute
             x2 = x.reshape(-1, x.shape[-1])
-            add2 = None if add is None else add.reshape(x2.shape[0], -1)
+            add2 = None if add is None else add.reshape(x2.shape[0], add.shape[-1])
             y = fn.apply(x2, blkdiag1, blkdiag2, add2)
             return y.reshape(*x.shape[:-1], y.shape[-1])
         return (_multiply_expanded if expanded else _multiply_bmm)(x, blkdiag1, blkdiag2, add)

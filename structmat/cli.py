@@ -65,7 +65,7 @@ def _finetune(args: argparse.Namespace) -> int:
     common = dict(
         method=args.method, rank=args.rank, nblocks=args.nblocks, targets=targets, lr=args.lr, epochs=args.epochs,
         batch_size=args.batch_size, train_size=args.train_size, test_size=args.test_size, seed=args.seed,
-        device=args.device,
+        device=args.device, save_adapter=args.save_adapter,
     )  # fmt: skip
     if args.model == "smollm2":
         from .finetune.causal import CausalConfig, run_causal
@@ -137,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         "--device", choices=["cpu", "cuda"], default="cpu", help="where to train (DDP uses gloo on cpu, nccl on cuda)"
     )
     ft.add_argument("--out", help="write the result as JSON here")
+    ft.add_argument(
+        "--save-adapter",
+        metavar="DIR",
+        help="save the trained adapter into DIR (MoRe: structmat.adapters.load_adapter/from_pretrained "
+        "read it; LoRA: PEFT's format)",
+    )
     ft.set_defaults(func=_finetune)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -19,7 +19,7 @@ from .._checks import check_positive_int
 from ..adapters import count_parameters
 from .bigbench import TASK_FILES, QAExample, load_bigbench
 from .loop import Batch, train, training_memory_bytes, world
-from .methods import adapt
+from .methods import adapt, save_trained
 from .models import load_smollm2
 
 QKV = ("q_proj", "k_proj", "v_proj")
@@ -53,6 +53,7 @@ class CausalConfig:
     max_new_tokens: int = 6
     seed: int = 0
     device: str = "cpu"
+    save_adapter: str | None = None  # folder to save the trained adapter to (rank 0)
     evaluate_before: bool = False
     progress: bool | None = None
 
@@ -179,6 +180,8 @@ def run_causal(cfg: CausalConfig, data: tuple[list[QAExample], list[QAExample]] 
     stats = train(
         model, batches, lr=cfg.lr, loss_fn=answer_loss, progress=cfg.progress, desc=f"{cfg.method} r={cfg.rank}"
     )
+    if cfg.save_adapter and world()[0] == 0:
+        save_trained(model, cfg.method, cfg.save_adapter)
     after = exact_match(model, tokenizer, cfg.task, test_set, cfg.max_new_tokens, cfg.progress)
     result = asdict(cfg) | {
         "model": "SmolLM2-135M-Instruct",

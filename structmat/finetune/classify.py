@@ -13,7 +13,7 @@ from .._checks import check_positive_int
 from ..adapters import count_parameters
 from .data import TextDataset, load_rotten_tomatoes
 from .loop import to_device, train, training_memory_bytes, world
-from .methods import adapt
+from .methods import adapt, save_trained
 from .models import load_minilm_classifier
 
 
@@ -31,11 +31,14 @@ class FinetuneConfig:
     test_size: int = 1000
     seed: int = 0
     device: str = "cpu"
+    save_adapter: str | None = None  # folder to save the trained adapter to (rank 0)
     progress: bool | None = None
 
     def __post_init__(self) -> None:
         if self.method not in ("more", "lora", "none"):
             raise ValueError(f"method must be 'more', 'lora' or 'none', got {self.method!r}")
+        if self.save_adapter is not None and self.method == "none":
+            raise ValueError("save_adapter needs method 'more' or 'lora': method 'none' trains no adapter")
         for name in ("rank", "nblocks", "epochs", "batch_size", "max_length", "train_size", "test_size"):
             check_positive_int(name, getattr(self, name))
 
@@ -90,6 +93,8 @@ def run_classification(cfg: FinetuneConfig, data: tuple[TextDataset, TextDataset
     memory = training_memory_bytes(model, batches[0])
     torch.manual_seed(cfg.seed)
     stats = train(model, batches, lr=cfg.lr, progress=cfg.progress, desc=f"{cfg.method} r={cfg.rank}")
+    if cfg.save_adapter and world()[0] == 0:
+        save_trained(model, cfg.method, cfg.save_adapter)
     result = asdict(cfg) | {
         "trainable_params": trainable,
         "adapter_params": adapter,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..adapters import apply_lora, apply_more
+from ..adapters import apply_lora, apply_more, save_adapter
 
 
 def adapt(model: nn.Module, method: str, targets, rank: int, nblocks: int) -> nn.Module:
@@ -20,3 +20,14 @@ def adapt(model: nn.Module, method: str, targets, rank: int, nblocks: int) -> nn
             p.requires_grad_(n.startswith("classifier."))
         return model
     raise ValueError(f"method must be 'more', 'lora' or 'none', got {method!r}")
+
+
+def save_trained(model: nn.Module, method: str, path: str) -> None:
+    """Save what ``adapt`` made trainable: MoRe with :func:`~structmat.adapters.save_adapter`,
+    LoRA with PEFT's ``save_pretrained`` (each in its own library's folder format)."""
+    if method == "more":
+        save_adapter(model, path)
+    elif method == "lora":
+        model.save_pretrained(path)
+    else:
+        raise ValueError(f"save_adapter needs method 'more' or 'lora' (an adapter to save), got {method!r}")

@@ -2,7 +2,7 @@
 forward+backward time against the bmm paths and the memory-traffic floor. Needs CUDA and triton.
 
     python benchmarks/bench_triton.py            # sweep, then the table with the best config
-    python benchmarks/bench_triton.py --no-sweep # the table with triton_kernel.CONFIG
+    python benchmarks/bench_triton.py --no-sweep # the table with triton_kernel.DEFAULT_CONFIG
 
 Times, in milliseconds, of one forward+backward with a dense upstream gradient: the GPU's time
 (median of ``triton.testing.do_bench`` over replays of a CUDA graph of 10 steps: no Python or
@@ -29,9 +29,9 @@ from _timing import environment  # noqa: E402
 from bench_multiply import SHAPES, reference_bmm  # noqa: E402
 
 from structmat import Monarch  # noqa: E402
-from structmat.monarch import set_backend  # noqa: E402
+from structmat.monarch import Path, backend  # noqa: E402
 from structmat.monarch import triton_kernel as tk  # noqa: E402
-from structmat.monarch.multiply import _multiply_bmm  # noqa: E402
+from structmat.monarch.multiply import run_path  # noqa: E402
 
 DEVICE = "cuda"
 
@@ -97,15 +97,14 @@ def accuracy(in_f, out_f, n, rank, dtype) -> str:
     x = torch.randn(n, in_f, device=DEVICE, dtype=dtype, requires_grad=True)
     g = torch.randn(n, out_f, device=DEVICE, dtype=dtype)
     outs = []
-    for backend in ("triton", "torch"):
-        set_backend(backend)
+    for name in ("triton", "torch"):
         m.zero_grad()
         x.grad = None
         torch.full((2**20,), float("nan"), device=DEVICE)  # freed NaNs: unwritten outputs show
-        y = m(x)
+        with backend(name):
+            y = m(x)
         y.backward(g)
         outs.append([y, x.grad, m.blkdiag1.grad, m.blkdiag2.grad])
-    set_backend("auto")
     ref = [m.to_dense().double()]
     x64, g64 = x.detach().double(), g.double()
     y64 = x64 @ ref[0].T
@@ -126,15 +125,15 @@ def sweep(in_f, out_f, n, ranks, smoke=False) -> dict:
     ][: 2 if smoke else None]
     results = []
     for cfg in grid:
-        tk.CONFIG.update(cfg)
+        cfg = tk.DEFAULT_CONFIG | cfg
         total = 0.0
         for rank in ranks:
             m = Monarch(in_f, out_f, 4, rank, device=DEVICE)
             x = torch.randn(n, in_f, device=DEVICE)
             g = torch.randn(n, out_f, device=DEVICE)
-            w1, w2t = tk._factors(m.blkdiag1.detach(), m.blkdiag2.detach())
+            w1, w2t = tk.kernel_layout(m.blkdiag1.detach(), m.blkdiag2.detach())
             for a, backward in ((x, False), (g, True)):
-                total += median_ms(functools.partial(tk._launch, a, w1, w2t, backward))
+                total += median_ms(functools.partial(tk.launch, a, w1, w2t, backward, None, cfg))
         results.append((total, cfg))
         print(f"  {json.dumps(cfg)}: {total * 1e3:.0f} us (fwd+bwd kernels, ranks {ranks})", flush=True)
     best = min(results, key=lambda t: t[0])
@@ -142,28 +141,25 @@ def sweep(in_f, out_f, n, ranks, smoke=False) -> dict:
     return best[1]
 
 
-def path_cases(m: Monarch) -> dict:
+def path_cases(m: Monarch, config: dict) -> dict:
     """The multiplies timed against each other, each a function of ``x``."""
 
-    def with_backend(backend):
+    def with_backend(name):
         def fn(x):
-            set_backend(backend)
-            try:
+            with backend(name):
                 return m(x)
-            finally:
-                set_backend("auto")
 
         return fn
 
     return {
         "bmm reference": lambda x: reference_bmm(x, m.blkdiag1, m.blkdiag2),
-        "structmat bmm path": lambda x: _multiply_bmm(x, m.blkdiag1, m.blkdiag2),
+        "structmat bmm path": lambda x: run_path(Path.BMM, x, m.blkdiag1, m.blkdiag2),
         "structmat torch path": with_backend("torch"),
-        "structmat Triton": with_backend("triton"),
+        "structmat Triton": lambda x: tk.triton_multiply(x, m.blkdiag1, m.blkdiag2, config=config),
     }
 
 
-def table(shapes, ranks, tokens_list, dtype, bandwidth, nblocks: int = 4) -> list[dict]:
+def table(shapes, ranks, tokens_list, dtype, bandwidth, config: dict, nblocks: int = 4) -> list[dict]:
     rows = []
     for (in_f, out_f), n, rank in itertools.product(shapes, tokens_list, ranks):
         m = Monarch(in_f, out_f, nblocks, rank, device=DEVICE, dtype=dtype)
@@ -171,7 +167,7 @@ def table(shapes, ranks, tokens_list, dtype, bandwidth, nblocks: int = 4) -> lis
         g = torch.randn(n, out_f, device=DEVICE, dtype=dtype)
         params = list(m.parameters())
 
-        cases = path_cases(m)
+        cases = path_cases(m, config)
         t = {name: graph_ms(step(fn, x, g, params)) for name, fn in cases.items()}
         eager = {name: median_ms(step(fn, x, g, params)) for name, fn in cases.items()}
         floor = n * (3 * in_f + 2 * out_f) * x.element_size() / bandwidth * 1e3
@@ -218,11 +214,11 @@ def launch_overhead(width: int, calls: int = 1000) -> None:
 
     m = Monarch(width, width, 4, 4, device=DEVICE)
     x = torch.randn(16, width, device=DEVICE)
-    w1, w2t = tk._factors(m.blkdiag1.detach(), m.blkdiag2.detach())
+    w1, w2t = tk.kernel_layout(m.blkdiag1.detach(), m.blkdiag2.detach())
     r = m.blkdiag1.detach().reshape(-1, width // 4)
     for name, fn in {
-        "triton _launch": lambda: tk._launch(x, w1, w2t, False),
-        "MonarchTritonFunction.apply (no grad)": lambda: tk.MonarchTritonFunction.apply(x, m.blkdiag1, m.blkdiag2),
+        "triton launch": lambda: tk.launch(x, w1, w2t, False, None, tk.DEFAULT_CONFIG),
+        "triton_multiply (no grad)": lambda: tk.triton_multiply(x, m.blkdiag1, m.blkdiag2),
         "torch.matmul": lambda: x[:, : r.shape[1]] @ r.T,
     }.items():
         with torch.no_grad():
@@ -262,18 +258,19 @@ def main() -> None:
             768 // (big // 64 if args.smoke else 1), 3072 // (big // 64 if args.smoke else 1), 777, 3, torch.float32
         )
     )
+    config = dict(tk.DEFAULT_CONFIG)
     if not args.no_sweep:
         print(f"sweep at {big}x{big}, {big} tokens:")
-        tk.CONFIG.update(sweep(big, big, big, sweep_ranks, smoke=args.smoke))
-    print(f"config: {json.dumps(tk.CONFIG)}")
-    rows = table(shapes, ranks, tokens, torch.float32, bw)
-    rows += table(shapes[-2:-1] if not args.smoke else shapes, ranks[1:2], tokens[-1:], half, bw)
+        config = sweep(big, big, big, sweep_ranks, smoke=args.smoke)
+    print(f"config: {json.dumps(config)}")
+    rows = table(shapes, ranks, tokens, torch.float32, bw, config)
+    rows += table(shapes[-2:-1] if not args.smoke else shapes, ranks[1:2], tokens[-1:], half, bw, config)
     # middles wider than the expanded path's 32: 64 and 128, where 'auto' takes the kernel
     for nblocks in (8, 16):
-        rows += table(shapes[::2], [8 if not args.smoke else 1], tokens[-1:], torch.float32, bw, nblocks)
+        rows += table(shapes[::2], [8 if not args.smoke else 1], tokens[-1:], torch.float32, bw, config, nblocks)
     launch_overhead(big, 2 if args.smoke else 1000)
     out = pathlib.Path(args.out)
-    out.write_text(json.dumps({"env": environment(), "config": tk.CONFIG, "rows": rows}, indent=1))
+    out.write_text(json.dumps({"env": environment(), "config": config, "rows": rows}, indent=1))
     command = " ".join(["python", "benchmarks/bench_triton.py", *sys.argv[1:]])
     out.with_suffix(".md").write_text(f"Command: `{command}`  \nEnvironment: {environment()}\n\n{markdown(rows)}\n")
     key = [r for r in rows if r["shape"] == f"{big}x{big}" and r["tokens"] == tokens[-1] and r["nblocks"] == 4]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..monarch import Monarch, multiply
-from .fused import FrozenLinearMonarch
+from ..monarch import Monarch, Path, select_path
+from ..monarch.multiply import run_path
 
 
 def base_shape(base: nn.Module) -> tuple[int, int]:
@@ -22,20 +22,6 @@ def check_adapter_name(name: object) -> str:
     if not isinstance(name, str) or not name or "." in name:
         raise ValueError(f"adapter_name must be a non-empty string without '.', got {name!r}")
     return name
-
-
-def has_hooks(module: nn.Module) -> bool:
-    """Whether calling ``module`` would run hooks: its own forward/backward (pre-)hooks, or the
-    process-wide module hooks (``nn.modules.module.register_module_*_hook``)."""
-    own = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
-    glob = nn.modules.module
-    everywhere = (
-        glob._global_forward_hooks,
-        glob._global_forward_pre_hooks,
-        glob._global_backward_hooks,
-        glob._global_backward_pre_hooks,
-    )
-    return any(own) or any(everywhere)
 
 
 def new_update(base_layer: nn.Module, nblocks: int, rank: int) -> Monarch:
@@ -76,9 +62,9 @@ class MoReLinear(nn.Module):
     modules stays tied and untouched) until ``unmerge()`` puts it back, bit for bit.
 
     For a plain ``nn.Linear`` base (no hooks, no dropout, one dtype, small middle width, no
-    Triton) the base and the update run as one autograd node
-    (:class:`~structmat.adapters.fused.FrozenLinearMonarch`); ``fused = False`` turns that off.
-    Both ways give the same values and gradients.
+    Triton) the base and the update run as one autograd node (the expanded path with the base,
+    :mod:`structmat.monarch.dispatch`); ``fused = False`` turns that off. Both ways give the same
+    values and gradients.
     """
 
     fused: bool = True
@@ -151,28 +137,11 @@ class MoReLinear(nn.Module):
         if self.merged_adapter is not None or self.disabled or self.active_adapter not in self.more:
             return base(x)
         monarch, dropout = self.more[self.active_adapter], self.more_dropout[self.active_adapter]
-        if self._fusable(x):
-            return FrozenLinearMonarch.apply(x, base.weight, base.bias, monarch.blkdiag1, monarch.blkdiag2)
-        return monarch.addmm(base(x), dropout(x).to(monarch.dtype))  # y + update, fused
-
-    def _fusable(self, x: torch.Tensor) -> bool:
-        """Whether :class:`FrozenLinearMonarch` computes exactly what the unfused path would."""
-        monarch, dropout = self.more[self.active_adapter], self.more_dropout[self.active_adapter]
-        base, st = self.base_layer, monarch.structure
-        return (
-            self.fused
-            and type(base) is nn.Linear  # a subclass (quantized, ...) keeps its own forward
-            and "forward" not in base.__dict__  # nor a patched instance (accelerate's hooks)
-            and not has_hooks(base)
-            and (isinstance(dropout, nn.Identity) or not dropout.training)
-            and x.dtype == base.weight.dtype == monarch.dtype
-            and not monarch.batch_shape
-            and st.k * st.p == self.in_features  # no padding
-            and st.l * st.s == self.out_features  # no cropping
-            and multiply.uses_expanded(monarch.blkdiag1)
-            and not multiply._use_triton(x, monarch.blkdiag1, monarch.blkdiag2)
-            and not torch.is_autocast_enabled(x.device.type)
-        )
+        p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+        w1, w2 = monarch.blkdiag1, monarch.blkdiag2
+        if self.fused and select_path(x, w1, w2, base=base, dropout=p) is Path.EXPANDED_WITH_BASE:
+            return run_path(Path.EXPANDED_WITH_BASE, x, w1, w2, weight=base.weight, bias=base.bias, save_middle=False)
+        return monarch.addmm(base(x), dropout(x).to(monarch.dtype))  # y + update, the add fused
 
     # -- merge ----------------------------------------------------------------------------------
     @torch.no_grad()

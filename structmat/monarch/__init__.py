@@ -1,7 +1,8 @@
-"""Monarch matrices: the module, the multiply, the shape bookkeeping and the optimal fit."""
+"""Monarch matrices: the module, the multiply and its paths, the shape bookkeeping and the optimal fit."""
 
+from .dispatch import Path, backend, get_backend, select_path
 from .module import Monarch
-from .multiply import get_backend, monarch_multiply, set_backend
+from .multiply import monarch_multiply
 from .structure import MonarchShape
 
-__all__ = ["Monarch", "MonarchShape", "get_backend", "monarch_multiply", "set_backend"]
+__all__ = ["Monarch", "MonarchShape", "Path", "backend", "get_backend", "monarch_multiply", "select_path"]

@@ -15,8 +15,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_matrix
-from .._fitutil import relative_error
+from ..approximation import relative_error
+from ..checks import check_matrix
 from .module import Monarch
 from .structure import MonarchShape
 

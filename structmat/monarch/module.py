@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-import math
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_float_dtype
 from ..base import StructuredLinear
+from ..checks import check_float_dtype
+from ..init import Init, init_factor_
 from .multiply import monarch_multiply
 from .structure import MonarchShape
-
-Init = Literal["kaiming", "zeros"]
-
-
-def kaiming_uniform_blocks_(weight: torch.Tensor) -> torch.Tensor:
-    """In-place kaiming-uniform (a = sqrt(5), as ``nn.Linear``) per block, fan-in = block width."""
-    fan_in = weight.shape[-1]
-    bound = 1.0 / math.sqrt(fan_in)
-    with torch.no_grad():
-        return weight.uniform_(-bound, bound)
-
-
-def _init_factor(weight: torch.Tensor, init: str, name: str) -> None:
-    if init == "kaiming":
-        kaiming_uniform_blocks_(weight)
-    elif init == "zeros":
-        with torch.no_grad():
-            weight.zero_()
-    else:
-        raise ValueError(f"{name} must be 'kaiming' or 'zeros', got {init!r}")
 
 
 class Monarch(StructuredLinear):
@@ -63,7 +41,7 @@ class Monarch(StructuredLinear):
         batch_shape: leading dims for a stack of independent Monarch matrices.
     """
 
-    recompute_middle: bool = False  # see monarch_multiply; MoReLinear turns it on
+    recompute_middle: bool = False  # keep only x for backward (see monarch_multiply); adapters turn it on
 
     def __init__(
         self,
@@ -84,8 +62,8 @@ class Monarch(StructuredLinear):
         kw = {"device": device, "dtype": dtype}
         blkdiag1 = torch.empty(*batch_shape, nblocks, rank, structure.p, **kw)
         blkdiag2 = torch.empty(*batch_shape, nblocks, structure.s, rank, **kw)
-        _init_factor(blkdiag1, init1, "init1")
-        _init_factor(blkdiag2, init2, "init2")
+        init_factor_(blkdiag1, init1, "init1")
+        init_factor_(blkdiag2, init2, "init2")
         super().__init__(in_features, out_features, batch_shape)
         self.blkdiag1 = nn.Parameter(blkdiag1)
         self.blkdiag2 = nn.Parameter(blkdiag2)
@@ -145,20 +123,18 @@ class Monarch(StructuredLinear):
         pad_in = st.k * st.p - self.in_features
         if pad_in:
             x = F.pad(x, (0, pad_in))
-        y = monarch_multiply(x, self.blkdiag1, self.blkdiag2, self.recompute_middle, add=add)
+        y = monarch_multiply(x, self.blkdiag1, self.blkdiag2, add=add, recompute_middle=self.recompute_middle)
         if y.shape[-1] != self.out_features:
             y = y[..., : self.out_features]
         return y
 
     def _addmm(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # the multiply adds y in its last step, when y is what that step writes: no cropped
+        # output rows, one dtype, the shape of forward(x)
         st = self.structure
-        fusable = (
-            not self.batch_shape
-            and st.l * st.s == self.out_features  # no cropped output rows
-            and y.dtype == self.dtype
-            and y.shape == (*x.shape[:-1], self.out_features)
-        )
-        return self._matmul(x, add=y) if fusable else super()._addmm(y, x)
+        if st.l * st.s == self.out_features and y.dtype == self.dtype and y.shape == (*x.shape[:-1], self.out_features):
+            return self._matmul(x, add=y)
+        return super()._addmm(y, x)
 
     def _structure_repr(self) -> str:
         st = self.structure

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_flow
 
-from .._checks import ceil_div, check_positive_int, check_rank_fits
+from ..checks import ceil_div, check_positive_int, check_rank_fits
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,14 @@
 
 One program owns ``BLOCK_N`` rows. It streams its rows of the input once, accumulating the
 middle ``h = x @ R.T`` (``(BLOCK_N, k*q)``, in registers), then streams the output once,
-writing ``y = h @ Lt`` tile by tile (``R``, ``Lt``: :func:`multiply.expand_factors`). The
+writing ``y = h @ Lt`` tile by tile (``R``, ``Lt``: :func:`.factors.expand_factors`). The
 factors are read straight from ``blkdiag1`` and ``blkdiag2`` (the latter laid out ``(r, s, l)``
 by one small copy per call, so that its reads run along the output), with the block structure
 and both permutations in the index arithmetic: no activation is permuted or copied, and the only
 activations touched are one read of ``x`` and one write of ``y`` (plus the small middle, kept for
 backward). The input gradient is the same kernel run the other way,
 ``grad_x = (grad_y @ Lt.T) @ R``, which also leaves ``grad_h``; the two factor gradients are then
-one GEMM and one strided bmm (``multiply.second_factor_grad``, ``multiply.first_factor_grad``).
+one GEMM and one strided bmm (``factors.second_factor_grad``, ``factors.first_factor_grad``).
 
 The middle stays in registers, so the kernel takes middles ``k*q`` of at most
 :data:`MAX_MIDDLE` (MoRe adapters: ``nblocks * rank``); :func:`supports` says which calls it
@@ -23,21 +23,17 @@ imported) and on CUDA where present.
 
 from __future__ import annotations
 
-import json
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from .multiply import _grad_add, first_factor_grad, middle_width, second_factor_grad
+from .factors import first_factor_grad, middle_width, second_factor_grad
 
 MAX_MIDDLE = 128
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# Launch configuration, chosen by benchmarks/bench_triton.py's sweep on a GPU; the environment
-# variable STRUCTMAT_TRITON_CONFIG (JSON, any of these keys) overrides it.
-CONFIG = {"block_n": 16, "block_a": 128, "block_b": 128, "num_warps": 4, "num_stages": 3}
-CONFIG.update(json.loads(os.environ.get("STRUCTMAT_TRITON_CONFIG", "{}")))
+# Launch configuration chosen by benchmarks/bench_triton.py's sweep on an H100 (the first two
+# entries were within 1% of each other); triton_multiply(..., config=...) takes another.
+DEFAULT_CONFIG = {"block_n": 16, "block_a": 128, "block_b": 128, "num_warps": 4, "num_stages": 3}
 
 
 def supports(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> bool:
@@ -136,12 +132,13 @@ def _monarch_kernel(
             tl.store(out_ptr + offs, y.to(dtype), mask=ok)
 
 
-def _launch(
+def launch(
     a: torch.Tensor,  # forward: x (n, k*p); backward: grad_y (n, l*s); contiguous
     blkdiag1: torch.Tensor,  # (k, q, p), contiguous
     blkdiag2_t: torch.Tensor,  # (r, s, l): blkdiag2.permute(2, 1, 0), contiguous
     backward: bool,
-    add: torch.Tensor | None = None,  # like the result, contiguous
+    add: torch.Tensor | None,  # like the result, contiguous
+    config: dict,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # (n, l*s) or (n, k*p); (n, k*q)
     k, q, p = blkdiag1.shape
     r, s, l = blkdiag2_t.shape
@@ -150,7 +147,7 @@ def _launch(
     mid = torch.empty(n, k * q, device=a.device, dtype=a.dtype)
     if n == 0:
         return out, mid
-    cfg = CONFIG
+    cfg = config
     _monarch_kernel[(triton.cdiv(n, cfg["block_n"]),)](
         a,
         blkdiag1,
@@ -178,7 +175,7 @@ def _launch(
     return out, mid
 
 
-def _factors(blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def kernel_layout(blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The factors as the kernel reads them: ``(k, q, p)`` and ``(r, s, l)``, contiguous."""
     return blkdiag1.contiguous(), blkdiag2.permute(2, 1, 0).contiguous()
 
@@ -190,23 +187,40 @@ class MonarchTritonFunction(torch.autograd.Function):
     PyTorch paths would recompute instead."""
 
     @staticmethod
-    def forward(ctx, x, blkdiag1, blkdiag2, add=None):  # x (n, k*p), add (n, l*s) or None
+    def forward(ctx, x, blkdiag1, blkdiag2, add, config):  # x (n, k*p), add (n, l*s) or None
         x = x.contiguous()
-        w1, w2t = _factors(blkdiag1, blkdiag2)
-        y, h = _launch(x, w1, w2t, backward=False, add=None if add is None else add.contiguous())
+        w1, w2t = kernel_layout(blkdiag1, blkdiag2)
+        y, h = launch(x, w1, w2t, False, None if add is None else add.contiguous(), config)
         ctx.save_for_backward(x, w1, w2t, h)
+        ctx.config = config
         return y
 
     @staticmethod
     def backward(ctx, grad_y):  # grad_y (n, l*s)
         x, w1, w2t, h = ctx.saved_tensors
-        need_x, need_w1, need_w2 = ctx.needs_input_grad[:3]
+        need_x, need_w1, need_w2, need_add, _ = ctx.needs_input_grad
         grad_y = grad_y.contiguous()
         grad_x = grad_w1 = grad_w2 = None
         if need_x or need_w1:
-            grad_x, grad_h = _launch(grad_y, w1, w2t, backward=True)  # (n, k*p), (n, k*q)
+            grad_x, grad_h = launch(grad_y, w1, w2t, True, None, ctx.config)  # (n, k*p), (n, k*q)
             if need_w1:
                 grad_w1 = first_factor_grad(grad_h, x, w1.shape[0])
         if need_w2:
             grad_w2 = second_factor_grad(h, grad_y, w2t.shape[2])
-        return (grad_x if need_x else None), grad_w1, grad_w2, _grad_add(ctx, grad_y)
+        return (grad_x if need_x else None), grad_w1, grad_w2, (grad_y if need_add else None), None
+
+
+def triton_multiply(
+    x: torch.Tensor,  # (..., k*p)
+    blkdiag1: torch.Tensor,  # (k, q, p)
+    blkdiag2: torch.Tensor,  # (l, s, r)
+    *,
+    add: torch.Tensor | None = None,  # (..., l*s)
+    config: dict | None = None,  # launch configuration, default DEFAULT_CONFIG
+) -> torch.Tensor:  # (..., l*s)
+    """``add + x @ M.T`` by the fused kernel (calls :func:`supports` must accept)."""
+    cfg = DEFAULT_CONFIG if config is None else DEFAULT_CONFIG | config
+    x2 = x.reshape(-1, x.shape[-1])
+    add2 = None if add is None else add.reshape(x2.shape[0], add.shape[-1])
+    y = MonarchTritonFunction.apply(x2, blkdiag1, blkdiag2, add2, cfg)
+    return y.reshape(*x.shape[:-1], y.shape[-1])

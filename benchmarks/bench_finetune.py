@@ -28,8 +28,11 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from _timing import environment  # noqa: E402
 
-from structmat.finetune import FinetuneConfig, load_rotten_tomatoes, run_classification  # noqa: E402
-from structmat.finetune.data import TextDataset  # noqa: E402
+from structmat.experiments.classify import FinetuneConfig, run_classification  # noqa: E402
+from structmat.experiments.data import (
+    TextDataset,  # noqa: E402
+    load_rotten_tomatoes,  # noqa: E402
+)
 
 CONFIGS = [("more", 1), ("more", 2), ("more", 4), ("lora", 8), ("lora", 16)]
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from _timing import environment, interleaved_rounds, quiet_allocator, write_results  # noqa: E402
 
 from structmat import LowRank, Monarch  # noqa: E402
-from structmat.finetune.loop import saved_tensor_bytes  # noqa: E402
+from structmat.experiments.loop import saved_tensor_bytes  # noqa: E402
 
 SHAPES = [(768, 768), (768, 3072), (4096, 4096), (4096, 11008)]  # (in, out)
 

@@ -35,9 +35,9 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from _timing import environment  # noqa: E402
 
-from structmat.finetune.bigbench import LICENSE, load_bigbench  # noqa: E402
-from structmat.finetune.causal import QKV, CausalConfig, exact_match, run_causal  # noqa: E402
-from structmat.finetune.models import load_smollm2  # noqa: E402
+from structmat.experiments.bigbench import LICENSE, load_bigbench  # noqa: E402
+from structmat.experiments.causal import QKV, CausalConfig, exact_match, run_causal  # noqa: E402
+from structmat.experiments.models import load_smollm2  # noqa: E402
 
 TARGETS = {"qkv": QKV, "all-linear": "all-linear"}
 CONFIGS = [(m, r, t) for t in TARGETS for m, r in (("more", 4), ("more", 8), ("lora", 8), ("lora", 32))]

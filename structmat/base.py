@@ -11,6 +11,10 @@ returns ``(*batch_shape, out_features, in_features)`` and ``forward`` takes ``x`
 
 Subclasses implement :meth:`_matmul` and :attr:`max_rank`; they get input checks, batching
 rules, ``to_dense``, ``num_params`` and ``repr`` from here.
+
+A module returned by a ``fit_*`` function has ``fit_error``, the achieved relative error
+``||W - M||_F / ||W||_F`` (a tensor of shape ``batch_shape``, a buffer that ``.to()`` moves), and
+``fit_info`` (a dict of what the fit did); both are ``None`` on a module that was not fitted.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-from ._checks import check_float_dtype
+from .checks import check_float_dtype
 
 
 class StructuredLinear(nn.Module, ABC):
@@ -29,12 +33,15 @@ class StructuredLinear(nn.Module, ABC):
     in_features: int
     out_features: int
     batch_shape: torch.Size
+    fit_error: torch.Tensor | None  # (*batch_shape,) after a fit, else None
+    fit_info: dict | None = None
 
     def __init__(self, in_features: int, out_features: int, batch_shape: tuple[int, ...] = ()):
         super().__init__()
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.batch_shape = torch.Size(batch_shape)
+        self.register_buffer("fit_error", None, persistent=False)
 
     # -- to implement -------------------------------------------------------------------
     @abstractmethod

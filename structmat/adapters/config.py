@@ -8,7 +8,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._checks import check_positive_int
+from ..checks import check_positive_int
 
 
 @dataclass

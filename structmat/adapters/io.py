@@ -41,12 +41,13 @@ from ..monarch import MonarchShape
 from .config import MoReConfig
 from .layer import MoReLinear, base_shape
 from .model import (
+    ACTIVE_ATTR,
     CONFIGS_ATTR,
-    _require_adapter,
     adapter_configs,
     add_adapter,
     apply_more,
     more_layers,
+    require_adapter,
     saved_modules,
     set_adapter,
     unwrap_model,
@@ -75,7 +76,7 @@ def adapter_state_dict(model: nn.Module, adapter_name: str | None = None) -> dic
     """An adapter's tensors as saved: Monarch factors and its copies of the modules to save,
     detached, contiguous, on CPU. Default: the active adapter."""
     model = unwrap_model(model)
-    name = adapter_name if adapter_name is not None else getattr(model, "structmat_active_adapter", None)
+    name = adapter_name if adapter_name is not None else getattr(model, ACTIVE_ATTR, None)
     state = {}
     for layer_name, layer in more_layers(model).items():
         if name in layer.more:
@@ -116,7 +117,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
     saves are removed by the next save.
     """
     model = unwrap_model(model)
-    _require_adapter(model)
+    require_adapter(model)
     configs = adapter_configs(model)
     names = list(configs) if adapter_name is None else [adapter_name]
     for name in names:
@@ -398,7 +399,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if not names:
         _foreign_config_error(Path(path))
         raise _missing_weights_error(Path(path))
-    before = getattr(model, "structmat_active_adapter", None)
+    before = getattr(model, ACTIVE_ATTR, None)
     for name in names:  # check every one first: a problem with the second must not leave the first loaded
         saved = read_adapter(adapter_folder(path, name))
         problems = _loading_problems(model, saved, name)

@@ -47,7 +47,7 @@ def adapter_configs(model: nn.Module) -> dict[str, MoReConfig]:
 def active_adapter(model: nn.Module) -> str:
     """The name of the adapter the model computes with."""
     model = unwrap_model(model)
-    _require_adapter(model)
+    require_adapter(model)
     return getattr(model, ACTIVE_ATTR)
 
 
@@ -228,7 +228,7 @@ def saved_modules(model: nn.Module) -> dict[str, ModulesToSaveWrapper]:
     return {n: m for n, m in unwrap_model(model).named_modules() if isinstance(m, ModulesToSaveWrapper)}
 
 
-def _require_adapter(model: nn.Module) -> dict[str, MoReLinear]:
+def require_adapter(model: nn.Module) -> dict[str, MoReLinear]:
     layers = more_layers(model)
     if not layers:
         raise ValueError("model has no MoRe adapter (call apply_more or load_adapter first)")
@@ -317,7 +317,7 @@ def merge(model: nn.Module, safe_merge: bool = False) -> nn.Module:
 
     A base weight tied to other modules is not written to: the layer gets a merged copy.
     """
-    layers = _require_adapter(model)
+    layers = require_adapter(model)
     if safe_merge:  # check all before changing any
         for name, layer in layers.items():
             if layer.merged or layer.active_adapter not in layer.more:
@@ -332,7 +332,7 @@ def merge(model: nn.Module, safe_merge: bool = False) -> nn.Module:
 
 def unmerge(model: nn.Module) -> nn.Module:
     """Restore the base weights exactly as before :func:`merge`."""
-    for layer in _require_adapter(model).values():
+    for layer in require_adapter(model).values():
         layer.unmerge()
     return model
 
@@ -359,7 +359,7 @@ def merge_and_unload(model: nn.Module, safe_merge: bool = False) -> nn.Module:
 
 def _remove_adapters(model: nn.Module, merge_first: bool) -> nn.Module:
     outer, model = model, unwrap_model(model)
-    layers = _require_adapter(model)
+    layers = require_adapter(model)
     tied_before = _tied_embeddings(model)
     for name, layer in layers.items():
         if not merge_first:
@@ -415,7 +415,7 @@ def _untie_config(model: nn.Module) -> None:
 def disable_adapter(model: nn.Module) -> Iterator[nn.Module]:
     """``with disable_adapter(model): ...`` computes the base model's outputs: no Monarch update,
     and the original of every module to save (a classifier head)."""
-    layers = _require_adapter(model)
+    layers = require_adapter(model)
     wrappers = saved_modules(model)
     if any(layer.merged for layer in layers.values()):
         raise ValueError("disable_adapter on a merged model: unmerge() it first")

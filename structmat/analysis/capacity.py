@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_positive_int
 from ..butterfly import Butterfly
 from ..butterfly.module import next_power_of_two
+from ..checks import check_positive_int
 from ..lowrank import LowRank
 from ..monarch import Monarch, MonarchShape
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_matrix
 from ..butterfly.fit import fit_butterfly
+from ..checks import check_matrix
 from ..lowrank.fit import fit_lowrank
 from ..monarch.fit import fit_monarch
 from .capacity import choose_structures

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_matrix
+from ..checks import check_matrix
 
 
 def singular_values(W: torch.Tensor, normalize: bool = True) -> torch.Tensor:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_matrix, check_positive_int
+from ..checks import check_matrix, check_positive_int
 from .spectra import effective_rank, singular_values, stable_rank
 
 

@@ -1,4 +1,4 @@
-"""The target suite: matrices with known structure, and real pretrained weights when available."""
+"""The target suite: matrices with known structure (transforms, convolution, low rank, random)."""
 
 from __future__ import annotations
 
@@ -46,31 +46,9 @@ def toeplitz_conv(n: int, width: int = 16, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(scipy.linalg.toeplitz(col, row))
 
 
-def minilm_weights(layer: int = 0) -> dict[str, torch.Tensor]:
-    """Attention query and MLP intermediate weights of all-MiniLM-L6-v2 (empty if not installed)."""
-    try:
-        from safetensors.torch import load_file
-
-        from ..finetune.models import minilm_path
-
-        state = load_file(f"{minilm_path()}/model.safetensors")
-    except (ModuleNotFoundError, FileNotFoundError):
-        return {}
-
-    def get(name: str) -> torch.Tensor:
-        for key in (name, f"bert.{name}"):
-            if key in state:
-                return state[key].to(torch.float64)
-        raise KeyError(name)
-
-    return {
-        f"MiniLM L{layer} attention.query (384x384)": get(f"encoder.layer.{layer}.attention.self.query.weight"),
-        f"MiniLM L{layer} intermediate (1536x384)": get(f"encoder.layer.{layer}.intermediate.dense.weight"),
-    }
-
-
-def target_suite(n: int = 256, real_weights: bool = True) -> dict[str, torch.Tensor]:
-    """Name -> target matrix (float64). ``n`` must be a power of two (Hadamard)."""
+def target_suite(n: int = 256) -> dict[str, torch.Tensor]:
+    """Name -> target matrix (float64): matrices with known structure, ``n x n``. ``n`` must be a
+    power of two (Hadamard). Real pretrained weights: ``structmat.experiments.models.minilm_weight_matrices``."""
     suite = {
         "Gaussian random": gaussian(n),
         "low rank 8 + 5% noise": low_rank_plus_noise(n),
@@ -78,6 +56,4 @@ def target_suite(n: int = 256, real_weights: bool = True) -> dict[str, torch.Ten
         "DFT (real embedding)": dft_real(n),
         "Toeplitz convolution": toeplitz_conv(n),
     }
-    if real_weights:
-        suite |= minilm_weights()
     return suite

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .._checks import check_matrix, check_positive_int
-from .._fitutil import relative_error
+from ..approximation import relative_error
+from ..checks import check_matrix, check_positive_int
 from .module import Butterfly
 
 

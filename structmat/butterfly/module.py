@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_float_dtype, check_positive_int
 from ..base import StructuredLinear
+from ..checks import check_float_dtype, check_positive_int
 
 ButterflyInit = Literal["ortho", "randn", "identity"]
 

@@ -6,8 +6,8 @@ from typing import Literal
 
 import torch
 
-from .._checks import check_matrix, check_positive_int, check_rank_fits
-from .._fitutil import relative_error
+from ..approximation import relative_error
+from ..checks import check_matrix, check_positive_int, check_rank_fits
 from .module import LowRank
 
 

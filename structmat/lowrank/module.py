@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._checks import check_float_dtype, check_positive_int, check_rank_fits
 from ..base import StructuredLinear
-from ..monarch.module import Init, _init_factor
+from ..checks import check_float_dtype, check_positive_int, check_rank_fits
+from ..init import Init, init_factor_
 
 
 class LowRank(StructuredLinear):
@@ -39,8 +39,8 @@ class LowRank(StructuredLinear):
         check_float_dtype("dtype", dtype)
         A = torch.empty(*batch_shape, rank, in_features, device=device, dtype=dtype)
         B = torch.empty(*batch_shape, out_features, rank, device=device, dtype=dtype)
-        _init_factor(A, init_A, "init_A")
-        _init_factor(B, init_B, "init_B")
+        init_factor_(A, init_A, "init_A")
+        init_factor_(B, init_B, "init_B")
         super().__init__(in_features, out_features, batch_shape)
         self.A = nn.Parameter(A)
         self.B = nn.Parameter(B)

@@ -9,7 +9,7 @@ import torch
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from . import fit_butterfly, fit_lowrank, fit_monarch
+    from .. import fit_butterfly, fit_lowrank, fit_monarch
 
     n = args.size
     g = torch.Generator().manual_seed(args.seed)
@@ -35,7 +35,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .analysis.report import run_report
+    from .report import run_report
 
     result = run_report(args.out, quick=args.quick)
     print(result["summary"])
@@ -53,7 +53,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
     import torch.distributed as dist
 
-    from .finetune.loop import world
+    from .loop import world
 
     task = args.task or TASKS[args.model][0]
     if task not in TASKS[args.model]:
@@ -68,7 +68,7 @@ def _finetune(args: argparse.Namespace) -> int:
         device=args.device, save_adapter=args.save_adapter,
     )  # fmt: skip
     if args.model == "smollm2":
-        from .finetune.causal import CausalConfig, run_causal
+        from .causal import CausalConfig, run_causal
 
         if args.method == "none":
             raise SystemExit("--method none (head only) applies to --model minilm only")
@@ -76,7 +76,7 @@ def _finetune(args: argparse.Namespace) -> int:
         result = run_causal(cfg)
         metric = f"exact match {result['exact_match_before']:.3f} -> {result['exact_match']:.3f}"
     else:
-        from .finetune import FinetuneConfig, run_classification
+        from .classify import FinetuneConfig, run_classification
 
         cfg = FinetuneConfig(max_length=args.max_length, **common)
         result = run_classification(cfg)
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ft = sub.add_parser(
         "finetune",
         help="fine-tune offline with MoRe or LoRA: MiniLM on Rotten Tomatoes, or SmolLM2 on BIG-bench",
-        description="Also runs under torchrun: torchrun --nproc-per-node 2 -m structmat.finetune ... "
+        description="Also runs under torchrun: torchrun --nproc-per-node 2 -m structmat.experiments finetune ... "
         "Example: structmat finetune --model smollm2 --task bigbench:arithmetic --rank 4 --lr 1e-2",
     )
     ft.add_argument("--model", choices=sorted(TASKS), default="minilm")

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .._checks import check_positive_int
 from ..adapters import count_parameters
+from ..checks import check_positive_int
 from .data import TextDataset, load_rotten_tomatoes
 from .loop import to_device, train, training_memory_bytes, world
 from .methods import adapt, save_trained

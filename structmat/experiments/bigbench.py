@@ -2,7 +2,7 @@
 
 The archive (358 MB, Apache-2.0) is fetched once from the package index pip uses and is never
 installed: only the ``task.json`` files a task needs are extracted and cached
-(:func:`structmat.finetune.cache.cache_dir`). ``pip download --no-deps bigbench==1.0.0`` does
+(:func:`structmat.experiments.cache.cache_dir`). ``pip download --no-deps bigbench==1.0.0`` does
 not work for it (pip builds the sdist's metadata, which names a direct-URL dependency, and
 refuses), so the archive is read from the index's page for the project and its sha256 checked.
 Point ``$STRUCTMAT_BIGBENCH_ARCHIVE`` at a copy you downloaded yourself to skip the download.

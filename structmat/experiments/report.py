@@ -13,11 +13,20 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .capacity import choose_structures, empirical_rank
-from .curves import CurvePoint, approximation_curve
-from .plots import plot_approximation_curves, plot_rank_capacity, plot_spectra
-from .spectra import effective_rank, singular_values, stable_rank
-from .targets import target_suite
+from ..analysis import (
+    CurvePoint,
+    approximation_curve,
+    choose_structures,
+    effective_rank,
+    empirical_rank,
+    plot_approximation_curves,
+    plot_rank_capacity,
+    plot_spectra,
+    singular_values,
+    stable_rank,
+    target_suite,
+)
+from .models import minilm_weight_matrices
 
 BUDGET_FRACTIONS = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
 
@@ -37,7 +46,7 @@ def run_report(out_dir: str | Path = "report", quick: bool = False, progress: bo
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     n = 64 if quick else 256
-    suite = target_suite(n, real_weights=not quick)
+    suite = target_suite(n) | ({} if quick else minilm_weight_matrices())
     curves: dict[str, list[CurvePoint]] = {}
     stats: dict[str, dict[str, float]] = {}
     bar = tqdm(suite.items(), desc="report", disable=None if progress is None else not progress)

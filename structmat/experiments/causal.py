@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .._checks import check_positive_int
 from ..adapters import count_parameters
+from ..checks import check_positive_int
 from .bigbench import TASK_FILES, QAExample, load_bigbench
 from .loop import Batch, train, training_memory_bytes, world
 from .methods import adapt, save_trained

@@ -4,10 +4,10 @@ import os
 
 import torch
 import torch.distributed as dist
-from tiny_models import tiny_bert
+from helpers import tiny_bert
 
 from structmat.adapters import apply_more, get_adapter_parameters
-from structmat.finetune import train
+from structmat.experiments.loop import train
 
 
 def global_batches():

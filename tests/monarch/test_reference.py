@@ -1,45 +1,11 @@
-"""The fast Monarch multiply against the entrywise formula of docs/monarch-math.md.
-
-The reference below is written from the formula, with Python loops and no reshapes:
-    M[e*l + d, a*p + t] = sum over b in [0, q) with (a*q + b) % l == d of
-                          blkdiag2[d, e, (a*q + b) // l] * blkdiag1[a, b, t]
-"""
+"""The fast Monarch multiply against the entrywise formula of docs/monarch-math.md
+(tests/helpers.py: written from the formula with Python loops and no reshapes)."""
 
 import pytest
 import torch
+from helpers import entrywise_monarch, multiply_by_steps
 
 from structmat import Monarch, monarch_multiply
-
-
-def entrywise_monarch(blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> torch.Tensor:
-    k, q, p = blkdiag1.shape
-    l, s, r = blkdiag2.shape
-    M = torch.zeros(l * s, k * p, dtype=blkdiag1.dtype)
-    for e in range(s):
-        for d in range(l):
-            for a in range(k):
-                for t in range(p):
-                    total = 0.0
-                    for b in range(q):
-                        if (a * q + b) % l == d:
-                            total += float(blkdiag2[d, e, (a * q + b) // l] * blkdiag1[a, b, t])
-                    M[e * l + d, a * p + t] = total
-    return M
-
-
-def multiply_by_steps(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> torch.Tensor:
-    """The four steps of the doc, one vector at a time, with explicit index arithmetic."""
-    k, q, p = blkdiag1.shape
-    l, s, r = blkdiag2.shape
-    h = torch.zeros(k * q, dtype=x.dtype)
-    for a in range(k):
-        for b in range(q):
-            h[a * q + b] = sum(blkdiag1[a, b, t] * x[a * p + t] for t in range(p))
-    y = torch.zeros(l * s, dtype=x.dtype)
-    for d in range(l):
-        for e in range(s):
-            y[e * l + d] = sum(blkdiag2[d, e, c] * h[c * l + d] for c in range(r))
-    return y
 
 
 @pytest.mark.parametrize(

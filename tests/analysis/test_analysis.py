@@ -119,7 +119,7 @@ def test_capacity_monarch_vs_lowrank_at_lora_budget():
 
 
 def test_approximation_curve_orders_and_bounds():
-    W = target_suite(64, real_weights=False)["low rank 8 + 5% noise"]
+    W = target_suite(64)["low rank 8 + 5% noise"]
     pts = approximation_curve(W, [256, 1024, 4096])
     assert {p.structure for p in pts} == {"lowrank", "monarch(nblocks=2)", "monarch(nblocks=4)", "monarch(nblocks=8)"}
     for s in {p.structure for p in pts}:
@@ -131,7 +131,7 @@ def test_approximation_curve_orders_and_bounds():
 
 
 def test_target_suite_contents():
-    suite = target_suite(32, real_weights=False)
+    suite = target_suite(32)
     H = suite["Walsh-Hadamard"]
     torch.testing.assert_close(H @ H.T, torch.eye(32, dtype=torch.float64))
     F = suite["DFT (real embedding)"]
@@ -139,7 +139,7 @@ def test_target_suite_contents():
 
 
 def test_plots_return_labelled_figures():
-    suite = target_suite(32, real_weights=False)
+    suite = target_suite(32)
     figs = [
         plot_spectra({k: singular_values(v) for k, v in suite.items()}),
         plot_approximation_curves(approximation_curve(suite["Gaussian random"], [64, 256])),
@@ -153,7 +153,7 @@ def test_plots_return_labelled_figures():
 
 
 def test_report_quick(tmp_path):
-    from structmat.analysis.report import run_report
+    from structmat.experiments.report import run_report
 
     result = run_report(tmp_path, quick=True, progress=False)
     text = (tmp_path / "report.md").read_text()

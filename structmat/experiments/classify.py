@@ -32,6 +32,7 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "cpu"
     save_adapter: str | None = None  # folder to save the trained adapter to (rank 0)
+    model_dropout: float | None = None  # the model's hidden/attention dropout (None: its own 0.1)
     progress: bool | None = None
 
     def __post_init__(self) -> None:
@@ -80,7 +81,7 @@ def run_classification(cfg: FinetuneConfig, data: tuple[TextDataset, TextDataset
     )
     test_set = TextDataset(test_set.texts[: cfg.test_size], test_set.labels[: cfg.test_size], test_set.label_names)
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_minilm_classifier(num_labels=2)
+    model, tokenizer = load_minilm_classifier(num_labels=2, dropout=cfg.model_dropout)
     model = adapt(model.to(cfg.device), cfg.method, cfg.targets, cfg.rank, cfg.nblocks)
     trainable, total = count_parameters(model)
     adapter = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n)

@@ -60,12 +60,16 @@ def _finetune(args: argparse.Namespace) -> int:
         raise SystemExit(f"--task {task!r} is not available for --model {args.model}; choose from {TASKS[args.model]}")
     targets = args.targets or DEFAULT_TARGETS[args.model]
     targets = targets if targets == "all-linear" else tuple(targets.split(","))
+    device = args.device
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device == "cuda":  # one GPU per process, as torchrun / accelerate number them
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(device)
         dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
     common = dict(
         method=args.method, rank=args.rank, nblocks=args.nblocks, targets=targets, lr=args.lr, epochs=args.epochs,
         batch_size=args.batch_size, train_size=args.train_size, test_size=args.test_size, seed=args.seed,
-        device=args.device, save_adapter=args.save_adapter,
+        device=device, save_adapter=args.save_adapter,
     )  # fmt: skip
     if args.model == "smollm2":
         from .causal import CausalConfig, run_causal
@@ -74,14 +78,16 @@ def _finetune(args: argparse.Namespace) -> int:
             raise SystemExit("--method none (head only) applies to --model minilm only")
         cfg = CausalConfig(task=task.split(":", 1)[1], evaluate_before=True, **common)
         result = run_causal(cfg)
-        metric = f"exact match {result['exact_match_before']:.3f} -> {result['exact_match']:.3f}"
     else:
         from .classify import FinetuneConfig, run_classification
 
-        cfg = FinetuneConfig(max_length=args.max_length, **common)
+        cfg = FinetuneConfig(max_length=args.max_length, model_dropout=args.model_dropout, **common)
         result = run_classification(cfg)
-        metric = f"accuracy {result['accuracy']:.4f}"
-    if world()[0] == 0:
+    if world()[0] == 0:  # the evaluation ran on rank 0 only; the other ranks have no metric
+        if args.model == "smollm2":
+            metric = f"exact match {result['exact_match_before']:.3f} -> {result['exact_match']:.3f}"
+        else:
+            metric = f"accuracy {result['accuracy']:.4f}"
         print(
             f"{cfg.method} rank={cfg.rank}: {metric}, trainable params {result['trainable_params']:,d}, "
             f"step {result['median_step_seconds']:.3f} s, training memory {result['train_memory_mb']:.1f} MB"
@@ -130,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     ft.add_argument("--epochs", type=int, default=1)
     ft.add_argument("--batch-size", type=int, default=32)
     ft.add_argument("--max-length", type=int, default=64, help="minilm: tokens per review")
+    ft.add_argument(
+        "--model-dropout",
+        type=float,
+        default=None,
+        help="minilm: the model's own hidden/attention dropout (default: its 0.1; 0 for deterministic runs)",
+    )
     ft.add_argument("--train-size", type=int, default=3000, help="training examples (up to the split's size)")
     ft.add_argument("--test-size", type=int, default=1000, help="test examples (up to the split's size)")
     ft.add_argument("--seed", type=int, default=0)

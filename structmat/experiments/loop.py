@@ -45,6 +45,16 @@ def shard(batch: Batch, rank: int, size: int) -> Batch:
     return {k: v[rank::size] for k, v in batch.items()}
 
 
+def global_mean(value: torch.Tensor, count: int, size: int) -> float:
+    """The mean over all ranks' examples of a per-rank mean ``value`` over ``count`` examples (the
+    loss a single process would log for the global batch)."""
+    if size == 1:
+        return float(value)
+    both = torch.stack([value.double() * count, torch.tensor(float(count), dtype=torch.float64, device=value.device)])
+    dist.all_reduce(both)
+    return float(both[0] / both[1])
+
+
 def train(
     model: nn.Module,
     batches: Sequence[Batch],
@@ -81,13 +91,14 @@ def train(
     device = params[0].device
     for batch in bar:
         t0 = time.perf_counter()
-        loss = loss_fn(runner, to_device(shard(batch, rank, size), device))
+        local = to_device(shard(batch, rank, size), device)
+        loss = loss_fn(runner, local)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         stats.step_seconds.append(time.perf_counter() - t0)
-        stats.losses.append(float(loss.detach()))
+        stats.losses.append(global_mean(loss.detach(), len(next(iter(local.values()))), size))
         if not math.isfinite(stats.losses[-1]):
             raise FloatingPointError(f"training loss became {stats.losses[-1]} at step {len(stats.losses)}")
         bar.set_postfix(loss=f"{stats.losses[-1]:.4f}", refresh=False)

@@ -48,9 +48,10 @@ def minilm_weight_matrices(layer: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def load_minilm_classifier(num_labels: int = 2):
+def load_minilm_classifier(num_labels: int = 2, dropout: float | None = None):
     """``(model, tokenizer)``: all-MiniLM-L6-v2 with a fresh classification head (offline:
-    read from the package folder, never the hub)."""
+    read from the package folder, never the hub). ``dropout`` replaces the model's own hidden
+    and attention dropout (0.1) when given; 0 makes training deterministic."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging
 
@@ -58,7 +59,10 @@ def load_minilm_classifier(num_labels: int = 2):
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, local_files_only=True)
+        overrides = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, local_files_only=True, **overrides
+        )
     finally:
         logging.set_verbosity(verbosity)
     return model, AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -102,6 +102,33 @@ def randomize_adapter(model, seed: int = 0, scale: float = 0.1) -> None:
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
 
 
+# -- the Trainer on a tiny BERT (tests/adapters/test_workflow.py, trainer_worker.py) ---------
+
+
+def labelled_data(n=32, seed=1):
+    batch = inputs(seed=seed, batch=n, length=8)
+    labels = (batch["input_ids"][:, 0] % 2).tolist()
+    return [
+        {"input_ids": batch["input_ids"][i], "attention_mask": batch["attention_mask"][i], "labels": labels[i]}
+        for i in range(n)
+    ]
+
+
+def more_trainer(model, out_dir, **overrides):
+    from transformers import TrainingArguments
+
+    from structmat.adapters import MoReTrainer
+
+    settings = dict(
+        output_dir=str(out_dir), max_steps=8, per_device_train_batch_size=8, learning_rate=2e-2,
+        report_to=[], use_cpu=True, save_strategy="steps", save_steps=4, logging_steps=1, seed=0,
+        disable_tqdm=True,
+    )  # fmt: skip
+    settings.update(overrides)
+    data = labelled_data()
+    return MoReTrainer(model=model, args=TrainingArguments(**settings), train_dataset=data, eval_dataset=data)
+
+
 # -- the Monarch multiply from docs/monarch-math.md, with loops and no reshapes ---------------
 
 

@@ -53,6 +53,8 @@ from .model import (
     unwrap_model,
 )
 from .saved_modules import ModulesToSaveWrapper
+from .sharding import full_tensor, shard_like
+from .sharding import is_main_process as main_process
 from .storage import locked_folder, write_atomically
 from .targets import is_linear
 
@@ -74,7 +76,8 @@ class SavedAdapter:
 
 def adapter_state_dict(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
     """An adapter's tensors as saved: Monarch factors and its copies of the modules to save,
-    detached, contiguous, on CPU. Default: the active adapter."""
+    detached, whole, contiguous, on CPU. Default: the active adapter. On a model sharded with
+    FSDP2 the shards are gathered, so every process must call this."""
     model = unwrap_model(model)
     name = adapter_name if adapter_name is not None else getattr(model, ACTIVE_ATTR, None)
     state = {}
@@ -86,7 +89,7 @@ def adapter_state_dict(model: nn.Module, adapter_name: str | None = None) -> dic
         if name in wrapper.modules_to_save:
             for pname, p in wrapper.modules_to_save[name].named_parameters():
                 state[f"{mod_name}.{pname}"] = p
-    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    return {k: full_tensor(v.detach()).contiguous().cpu() for k, v in state.items()}
 
 
 def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -109,12 +112,24 @@ def adapter_folder(path: str | os.PathLike, adapter_name: str) -> Path:
     return Path(path) if adapter_name == DEFAULT_ADAPTER else Path(path) / adapter_name
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None) -> Path:
+def save_adapter(
+    model: nn.Module,
+    path: str | os.PathLike,
+    adapter_name: str | None = None,
+    *,
+    is_main_process: bool | None = None,
+) -> Path:
     """Save the model's adapters (or only ``adapter_name``) under directory ``path``.
 
     Each adapter is one unit (see the module doc): ``"default"`` in ``path``, any other in
     ``path/<name>``. Returns ``path``. Writers to one folder take turns; leftovers of killed
     saves are removed by the next save.
+
+    Several processes (``torchrun``): ``is_main_process`` (default: rank 0 of the default
+    process group) says which one writes. On a model sharded with FSDP2 (``fully_shard``) every
+    process must call ``save_adapter``, since gathering the shards is collective; the files are
+    the ones the unsharded model would write. There is no barrier: before another process reads
+    the folder, synchronise (``torch.distributed.barrier()``).
     """
     model = unwrap_model(model)
     require_adapter(model)
@@ -133,6 +148,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
             "structmat_config_sha256": _sha256(text),
             "structmat_tensors_sha256": tensors_sha256(state),
         }
+        if not (main_process() if is_main_process is None else is_main_process):
+            continue
         data = save_safetensors(state, metadata=meta)
         with locked_folder(adapter_folder(path, name)) as folder:
             write_atomically(folder / WEIGHTS_NAME, data)
@@ -371,7 +388,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
             else:
                 mod_name = next(m for m in wrappers if key.startswith(m + "."))
                 target = wrappers[mod_name].modules_to_save[adapter_name].get_parameter(key[len(mod_name) + 1 :])
-            target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+            target.copy_(shard_like(tensor.to(device=target.device, dtype=target.dtype), target))
         for layer in layers.values():
             if adapter_name in layer.more_dropout and isinstance(layer.more_dropout[adapter_name], nn.Dropout):
                 layer.more_dropout[adapter_name].p = config.dropout

@@ -7,6 +7,7 @@ from torch import nn
 
 from ..monarch import Monarch, Path, select_path
 from ..monarch.multiply import run_path
+from .sharding import full_tensor, is_sharded, shard_like
 
 
 def base_shape(base: nn.Module) -> tuple[int, int]:
@@ -128,7 +129,11 @@ class MoReLinear(nn.Module):
 
     def delta_weight(self, adapter_name: str | None = None) -> torch.Tensor:
         """``ΔW`` in the base layer's layout: ``(out, in)`` for Linear, ``(in, out)`` for Conv1D."""
-        delta = (self.more[adapter_name] if adapter_name is not None else self.monarch).to_dense()
+        monarch = self.more[adapter_name] if adapter_name is not None else self.monarch
+        if is_sharded(monarch.blkdiag1):  # FSDP2, outside forward: multiply the whole factors
+            w1, w2 = full_tensor(monarch.blkdiag1.detach()), full_tensor(monarch.blkdiag2.detach())
+            monarch = Monarch.from_factors(w1, w2, monarch.in_features, monarch.out_features)
+        delta = monarch.to_dense()
         return delta.T if self.is_conv1d else delta
 
     # -- forward --------------------------------------------------------------------------------
@@ -148,7 +153,7 @@ class MoReLinear(nn.Module):
     def merged_weight(self) -> torch.Tensor:
         """``W + ΔW`` of the active adapter, in the base weight's layout and dtype (nothing changes)."""
         weight = self.base_layer.weight
-        return weight + self.delta_weight().to(weight.dtype)
+        return weight + shard_like(self.delta_weight().to(weight.dtype), weight)
 
     @torch.no_grad()
     def merge(self, safe_merge: bool = False) -> None:
@@ -157,13 +162,22 @@ class MoReLinear(nn.Module):
         The merged weight is a new ``Parameter``; the original one is kept (registered as
         ``unmerged_weight``, so ``.to()`` moves it) and never written to, so a weight shared
         with other modules (tied embeddings) stays as it was for them.
+
+        On a model sharded with FSDP2 (``fully_shard``) every process must call this. FSDP owns
+        the weight ``Parameter`` there, so each process writes ``W + ΔW`` into its own shard in
+        place and keeps a copy of the shard for :meth:`unmerge`.
         """
         if self.merged_adapter is not None:
             return
         weight = self.base_layer.weight
         merged = self.merged_weight()
-        if safe_merge and not bool(torch.isfinite(merged).all()):
+        if safe_merge and not bool(torch.isfinite(full_tensor(merged)).all()):
             raise ValueError("safe_merge: merging this adapter produces NaN or inf weights; not merged")
+        if is_sharded(weight):
+            self.unmerged_shard = weight.detach().to_local().clone()
+            weight.detach().to_local().copy_(merged.to_local())
+            self.merged_adapter = self.active_adapter
+            return
         self.unmerged_weight = weight
         self.base_layer.weight = nn.Parameter(merged, requires_grad=weight.requires_grad)
         self.merged_adapter = self.active_adapter
@@ -172,6 +186,11 @@ class MoReLinear(nn.Module):
     def unmerge(self) -> None:
         """Put the original base weight (the very same ``Parameter``) back."""
         if self.merged_adapter is None:
+            return
+        if hasattr(self, "unmerged_shard"):  # FSDP2: the shard was written in place
+            self.base_layer.weight.detach().to_local().copy_(self.unmerged_shard)
+            del self.unmerged_shard
+            self.merged_adapter = None
             return
         self.base_layer.weight = self.unmerged_weight
         del self.unmerged_weight

@@ -36,7 +36,7 @@ class MoReTrainer(Trainer):
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
-        save_adapter(self.model, output_dir)
+        save_adapter(self.model, output_dir, is_main_process=True)  # should_save said so
         tokenizer = self.processing_class
         if tokenizer is None and getattr(self.data_collator, "tokenizer", None) is not None:
             tokenizer = self.data_collator.tokenizer

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from helpers import inputs, logits, needs_package, tiny_bert
+from helpers import inputs, logits, more_trainer, needs_package, tiny_bert
 
 from structmat.adapters import (
     MoReConfig,
@@ -26,30 +26,6 @@ from structmat.adapters import (
     unmerge,
 )
 from structmat.adapters.io import adapter_state_dict, read_adapter
-
-
-def labelled_data(n=32, seed=1):
-    batch = inputs(seed=seed, batch=n, length=8)
-    labels = (batch["input_ids"][:, 0] % 2).tolist()
-    return [
-        {"input_ids": batch["input_ids"][i], "attention_mask": batch["attention_mask"][i], "labels": labels[i]}
-        for i in range(n)
-    ]
-
-
-def more_trainer(model, out_dir, **overrides):
-    from transformers import TrainingArguments
-
-    from structmat.adapters import MoReTrainer
-
-    settings = dict(
-        output_dir=str(out_dir), max_steps=8, per_device_train_batch_size=8, learning_rate=2e-2,
-        report_to=[], use_cpu=True, save_strategy="steps", save_steps=4, logging_steps=1, seed=0,
-        disable_tqdm=True,
-    )  # fmt: skip
-    settings.update(overrides)
-    data = labelled_data()
-    return MoReTrainer(model=model, args=TrainingArguments(**settings), train_dataset=data, eval_dataset=data)
 
 
 def same_state(a: dict, b: dict, exact=True):

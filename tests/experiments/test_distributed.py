@@ -4,6 +4,8 @@ rank 0 writes."""
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 
@@ -14,14 +16,30 @@ from helpers import REPO, needs_package
 from structmat.adapters.io import read_adapter
 
 BIN = os.path.dirname(sys.executable)
-ARGS = [
-    "finetune", "--method", "more", "--rank", "1", "--train-size", "64", "--test-size", "64",
-    "--batch-size", "32", "--model-dropout", "0", "--lr", "1e-2",
-]  # fmt: skip
-LAUNCHERS = {  # exactly the commands of the README's "More than one process" section
-    "torchrun": [f"{BIN}/torchrun", "--nproc-per-node", "2", "-m", "structmat.experiments"],
-    "accelerate": [f"{BIN}/accelerate", "launch", "--multi_gpu", "--num_processes", "2", "-m", "structmat.experiments"],
-}
+
+
+def readme_commands() -> dict[str, list[str]]:
+    """The launch lines of the README's "More than one process" section, as argument lists."""
+    section = (REPO / "README.md").read_text().split("## More than one process", 1)[1].split("\n## ", 1)[0]
+    block = re.findall(r"```bash\n(.*?)```", section, re.S)[0]
+    lines = [shlex.split(line) for line in block.splitlines() if line.strip()]
+    return {line[0].rsplit("/", 1)[-1]: [line[0].replace(".venv/bin", BIN), *line[1:]] for line in lines}
+
+
+LAUNCHERS = readme_commands()  # {"torchrun": [...], "accelerate": [...]}, exactly as the README has them
+
+
+def output_options(command: list[str]) -> tuple[list[str], list[str]]:
+    """``command`` without its ``--out`` / ``--save-adapter`` options, and those options."""
+    cut = command.index("--out")
+    return command[:cut], command[cut:]
+
+
+def test_readme_launches_two_processes_of_the_same_recipe():
+    assert sorted(LAUNCHERS) == ["accelerate", "torchrun"]
+    recipes = {name: output_options(cmd)[0][cmd.index("finetune") :] for name, cmd in LAUNCHERS.items()}
+    assert recipes["torchrun"] == recipes["accelerate"]
+    assert output_options(LAUNCHERS["torchrun"])[1] == ["--out", "r.json", "--save-adapter", "adapter"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +49,9 @@ def single_process(tmp_path_factory):
     from structmat.experiments.cli import main
 
     out = tmp_path_factory.mktemp("single")
-    assert main([*ARGS, "--out", str(out / "r.json"), "--save-adapter", str(out / "adapter")]) == 0
+    command = LAUNCHERS["torchrun"]
+    recipe = output_options(command)[0][command.index("finetune") :]
+    assert main([*recipe, "--out", str(out / "r.json"), "--save-adapter", str(out / "adapter")]) == 0
     return json.loads((out / "r.json").read_text()), read_adapter(out / "adapter").state
 
 
@@ -41,7 +61,7 @@ def test_launched_with_two_processes_equals_one(launcher, single_process, tmp_pa
     expected, expected_adapter = single_process
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     run = subprocess.run(
-        [*LAUNCHERS[launcher], *ARGS, "--out", "r.json", "--save-adapter", "adapter"],
+        LAUNCHERS[launcher],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]

@@ -1,0 +1,37 @@
+"""One rank of the Trainer-under-torchrun test (tests/adapters/test_multiprocess.py):
+``torchrun --nproc-per-node 2 tests/adapters/trainer_worker.py OUT``. ``MoReTrainer`` drives
+DDP (gloo) on a tiny BERT; every call that writes an adapter leaves a mark naming its rank."""
+
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+from helpers import more_trainer, tiny_bert
+
+import structmat.adapters.trainer as trainer_module
+from structmat.adapters import apply_more
+
+
+def main(out: Path) -> None:
+    marks = out / "saves"
+    marks.mkdir(exist_ok=True)
+    save = trainer_module.save_adapter
+
+    def marked_save(model, path, *args, **kwargs):
+        rank = dist.get_rank() if dist.is_initialized() else -1
+        (marks / f"rank{rank}-{Path(path).name}").write_text("")
+        return save(model, path, *args, **kwargs)
+
+    trainer_module.save_adapter = marked_save
+    model = apply_more(tiny_bert().train(), nblocks=4, rank=1)
+    trainer = more_trainer(
+        model, out / "run", ddp_backend="gloo", ddp_find_unused_parameters=False, max_steps=4, save_steps=2
+    )
+    result = trainer.train()
+    trainer.save_model(str(out / "final"))
+    if trainer.args.process_index == 0:
+        (out / "world.txt").write_text(f"{trainer.args.world_size} {result.training_loss}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

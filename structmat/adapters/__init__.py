@@ -25,6 +25,8 @@ from .model import (
     unload,
     unmerge,
 )
+from .reference import import_reference_checkpoint
+from .replace import MonarchLinear, replace_with_monarch
 from .saved_modules import ModulesToSaveWrapper
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "MoReLinear",
     "MoReTrainer",
     "ModulesToSaveWrapper",
+    "MonarchLinear",
     "active_adapter",
     "add_adapter",
     "apply_lora",
@@ -41,6 +44,7 @@ __all__ = [
     "disable_adapter",
     "from_pretrained",
     "get_adapter_parameters",
+    "import_reference_checkpoint",
     "list_adapters",
     "load_adapter",
     "load_adapters",
@@ -49,6 +53,7 @@ __all__ = [
     "more_layers",
     "print_trainable_parameters",
     "read_adapter_config",
+    "replace_with_monarch",
     "save_adapter",
     "set_adapter",
     "unload",

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..checks import check_positive_int
+from ..monarch.structure import LAYOUTS
 
 
 @dataclass
@@ -23,7 +24,20 @@ class MoReConfig:
             the classifier head of a sequence-classification model.
         nblocks: Monarch blocks per factor (MoRe's default 4).
         rank: block rank (MoRe's ``blk_r``); trainable params per layer ``rank*(in+out)``.
-        dropout: dropout on the adapter's *input* (as LoRA): ``base(x) + monarch(dropout(x))``.
+        dropout: dropout rate of the adapter's branch.
+        dropout_position: ``"input"`` (as LoRA, the default): ``base(x) + monarch(dropout(x))``;
+            ``"output"`` (the MoRe reference's): ``base(x) + dropout(monarch(x))``, which keeps an
+            output-sized mask for backward (``out/in`` times the input's: 4x for 768 -> 3072) and
+            cannot take the fused path while dropout is active.
+        layout: Monarch block sizes when a layer's sizes do not divide by ``nblocks``:
+            ``"structmat"`` or ``"reference"`` (the MoRe reference code's; see
+            :meth:`structmat.MonarchShape.for_more`).
+        init: ``"zero"`` (the update starts at zero, MoRe's) or ``"projection"``: the update
+            starts at the best Monarch approximation ``M`` of each weight (:func:`fit_monarch`)
+            and the frozen base weight becomes the residual ``W - M`` (PiSSA's idea, for
+            Monarch), so the model computes the same at init while training starts along the
+            weight's own structure. Such an adapter is the model's only one; it is saved with
+            its ``M`` so that loading rebuilds the same residual.
         base_model_name_or_path: where the base model loads from (filled in from the model's
             ``name_or_path`` when known), for :func:`structmat.adapters.from_pretrained`.
         task_type: PEFT's task name (``"SEQ_CLS"``, ``"CAUSAL_LM"``, ...), filled in from the
@@ -39,6 +53,9 @@ class MoReConfig:
     nblocks: int = 4
     rank: int = 4
     dropout: float = 0.0
+    dropout_position: str = "input"
+    layout: str = "structmat"
+    init: str = "zero"
     base_model_name_or_path: str | None = None
     task_type: str | None = None
     # filled in by apply_more: what the adapter was applied to
@@ -61,6 +78,12 @@ class MoReConfig:
         check_positive_int("rank", self.rank)
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be a float in [0, 1), got {self.dropout!r}")
+        if self.dropout_position not in ("input", "output"):
+            raise ValueError(f"dropout_position must be 'input' or 'output', got {self.dropout_position!r}")
+        if self.init not in ("zero", "projection"):
+            raise ValueError(f"init must be 'zero' or 'projection', got {self.init!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if isinstance(self.target_modules, (tuple, set)):
             self.target_modules = sorted(self.target_modules)
 

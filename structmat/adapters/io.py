@@ -43,9 +43,8 @@ from .layer import MoReLinear, base_shape
 from .model import (
     ACTIVE_ATTR,
     CONFIGS_ATTR,
+    _add_adapter,
     adapter_configs,
-    add_adapter,
-    apply_more,
     more_layers,
     require_adapter,
     saved_modules,
@@ -85,6 +84,9 @@ def adapter_state_dict(model: nn.Module, adapter_name: str | None = None) -> dic
         if name in layer.more:
             state[f"{layer_name}.blkdiag1"] = layer.more[name].blkdiag1
             state[f"{layer_name}.blkdiag2"] = layer.more[name].blkdiag2
+        if name in layer.more_init:  # a projection-initialised adapter: its M at init
+            state[f"{layer_name}.init_blkdiag1"] = layer.more_init[name].blkdiag1
+            state[f"{layer_name}.init_blkdiag2"] = layer.more_init[name].blkdiag2
     for mod_name, wrapper in saved_modules(model).items():
         if name in wrapper.modules_to_save:
             for pname, p in wrapper.modules_to_save[name].named_parameters():
@@ -266,9 +268,10 @@ def read_adapter_config(path: str | os.PathLike) -> MoReConfig:
 def _expected_shapes(model: nn.Module, config: MoReConfig, adapter_name: str) -> dict[str, tuple[int, ...]]:
     expected: dict[str, tuple[int, ...]] = {}
     for name, (in_f, out_f) in config.target_shapes.items():
-        st = MonarchShape.for_more(in_f, out_f, config.nblocks, config.rank)
-        expected[f"{name}.blkdiag1"] = (st.k, st.q, st.p)
-        expected[f"{name}.blkdiag2"] = (st.l, st.s, st.r)
+        st = MonarchShape.for_more(in_f, out_f, config.nblocks, config.rank, config.layout)
+        for prefix in ("", "init_") if config.init == "projection" else ("",):
+            expected[f"{name}.{prefix}blkdiag1"] = (st.k, st.q, st.p)
+            expected[f"{name}.{prefix}blkdiag2"] = (st.l, st.s, st.r)
     for mod_name in config.resolved_modules_to_save:
         module = model.get_submodule(mod_name)
         if isinstance(module, ModulesToSaveWrapper):
@@ -341,6 +344,21 @@ def _loading_problems(model: nn.Module, saved: SavedAdapter, adapter_name: str) 
                             f"adapter {adapter_name!r} has {now}; load it under another adapter_name, or "
                             f"delete_adapter() first"
                         )
+        for name in sorted(have):  # a projection adapter's residual W - M must be the one it was saved with
+            init = layers[name].more_init[adapter_name] if adapter_name in layers[name].more_init else None
+            saved_init = saved.state.get(f"{name}.init_blkdiag1")
+            if (init is None) != (saved_init is None) or (
+                init is not None
+                and not (
+                    torch.equal(init.blkdiag1.detach().cpu(), saved_init)
+                    and torch.equal(init.blkdiag2.detach().cpu(), saved.state[f"{name}.init_blkdiag2"])
+                )
+            ):
+                problems.append(
+                    f"layer {name!r}: the model's adapter {adapter_name!r} and the saved one start from different "
+                    f"projections M (init='projection'), so their residuals W - M differ; load it into the base model"
+                )
+                break
         saved_now = set(adapter_configs(model)[adapter_name].resolved_modules_to_save)
         if saved_now != set(config.resolved_modules_to_save):
             problems.append(
@@ -372,10 +390,12 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
             exclude_modules=None,
             modules_to_save=list(config.resolved_modules_to_save),
         )
-        if configs:
-            add_adapter(model, adapter_name, fresh)
-        else:
-            apply_more(model, config=fresh, adapter_name=adapter_name)
+        init_factors = {
+            name: (saved.state[f"{name}.init_blkdiag1"], saved.state[f"{name}.init_blkdiag2"])
+            for name in config.target_shapes
+            if f"{name}.init_blkdiag1" in saved.state
+        }
+        _add_adapter(model, adapter_name, fresh, stacklevel=3, init_factors=init_factors)
     configs = dict(adapter_configs(model))
     configs[adapter_name] = dataclasses.replace(config)
     setattr(model, CONFIGS_ATTR, configs)
@@ -383,6 +403,8 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     with torch.no_grad():
         for key, tensor in saved.state.items():
             owner, _, leaf = key.rpartition(".")
+            if owner in layers and leaf in ("init_blkdiag1", "init_blkdiag2"):
+                continue  # the residual was built from them (or checked equal to them)
             if owner in layers and leaf in ("blkdiag1", "blkdiag2"):
                 target = getattr(layers[owner].more[adapter_name], leaf)
             else:

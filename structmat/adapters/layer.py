@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 from ..monarch import Monarch, Path, select_path
+from ..monarch.fit import fit_monarch
 from ..monarch.multiply import run_path
+from ..monarch.structure import Layout
 from .sharding import full_tensor, is_sharded, shard_like
 
 
@@ -25,9 +27,10 @@ def check_adapter_name(name: object) -> str:
     return name
 
 
-def new_update(base_layer: nn.Module, nblocks: int, rank: int) -> Monarch:
+def new_update(base_layer: nn.Module, nblocks: int, rank: int, layout: Layout = "structmat") -> Monarch:
     """A zero update for ``base_layer`` (``blkdiag2 = 0``, ``blkdiag1`` kaiming), on its weight's
-    device and dtype; a shape that does not fit raises ``ValueError`` naming the layer's size."""
+    device and dtype; a shape that does not fit raises ``ValueError`` naming the layer's size.
+    ``layout``: see :meth:`~structmat.MonarchShape.for_more`."""
     in_f, out_f = base_shape(base_layer)
     weight = base_layer.weight
     try:
@@ -38,6 +41,7 @@ def new_update(base_layer: nn.Module, nblocks: int, rank: int) -> Monarch:
             rank,
             init1="kaiming",
             init2="zeros",
+            layout=layout,
             device=weight.device,
             dtype=weight.dtype if weight.is_floating_point() else None,
         )
@@ -45,6 +49,31 @@ def new_update(base_layer: nn.Module, nblocks: int, rank: int) -> Monarch:
         raise ValueError(f"{err} (layer of shape in={in_f}, out={out_f})") from None
     # Keep only x for backward (the frozen base layer keeps it anyway): less memory than
     # LoRA, which also keeps A @ x; costs one small recomputed product.
+    monarch.recompute_middle = True
+    return monarch
+
+
+def projection_update(
+    base_layer: nn.Module,
+    nblocks: int,
+    rank: int,
+    layout: Layout = "structmat",
+    factors: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> Monarch:
+    """The best Monarch approximation ``M`` of ``base_layer``'s weight (``fit_monarch``), or the
+    Monarch with the given ``factors`` (``(blkdiag1, blkdiag2)``, as saved), as a trainable update."""
+    in_f, out_f = base_shape(base_layer)
+    weight = base_layer.weight.detach()
+    if factors is None:
+        try:
+            monarch = fit_monarch(
+                weight if isinstance(base_layer, nn.Linear) else weight.T, nblocks, rank, layout=layout
+            )
+        except ValueError as err:
+            raise ValueError(f"{err} (layer of shape in={in_f}, out={out_f})") from None
+    else:
+        w1, w2 = (f.detach().clone().to(device=weight.device, dtype=weight.dtype) for f in factors)
+        monarch = Monarch.from_factors(w1, w2, in_f, out_f)
     monarch.recompute_middle = True
     return monarch
 
@@ -79,6 +108,8 @@ class MoReLinear(nn.Module):
         *,
         adapter_name: str = "default",
         monarch: Monarch | None = None,
+        dropout_position: str = "input",
+        projection: bool = False,
     ):
         super().__init__()
         in_f, out_f = base_shape(base_layer)
@@ -90,26 +121,69 @@ class MoReLinear(nn.Module):
         self.active_adapter: str | None = None
         self.merged_adapter: str | None = None
         self.disabled = False
-        self.add_adapter(adapter_name, nblocks, rank, dropout, monarch=monarch)
+        self.dropout_position: dict[str, str] = {}  # adapter name -> "input" (LoRA's) or "output"
+        self.more_init = nn.ModuleDict()  # projection-initialised adapters: their frozen M at init
+        self.add_adapter(
+            adapter_name,
+            nblocks,
+            rank,
+            dropout,
+            monarch=monarch,
+            dropout_position=dropout_position,
+            projection=projection,
+        )
 
     # -- named adapters -------------------------------------------------------------------------
     def add_adapter(
-        self, adapter_name: str, nblocks: int, rank: int, dropout: float = 0.0, monarch: Monarch | None = None
+        self,
+        adapter_name: str,
+        nblocks: int,
+        rank: int,
+        dropout: float = 0.0,
+        monarch: Monarch | None = None,
+        dropout_position: str = "input",
+        projection: bool = False,
     ) -> None:
-        """Add an adapter (``monarch``, or a fresh zero update); the first one becomes active."""
+        """Add an adapter (``monarch``, or a fresh zero update); the first one becomes active.
+        ``dropout_position``: ``"input"`` (LoRA's) or ``"output"`` (the MoRe reference's).
+
+        ``projection``: ``monarch`` is the weight's own approximation ``M`` (see
+        :func:`projection_update`); the base weight becomes a new frozen ``Parameter``
+        ``W - M`` and a frozen copy of ``M`` is kept (``more_init``), so that
+        :func:`disable_adapter`, ``delete_adapter`` and ``unload`` give ``W`` back (up to
+        rounding) and a save can rebuild the residual. It must be the layer's only adapter.
+        """
         check_adapter_name(adapter_name)
+        if projection and (self.more or monarch is None):
+            raise ValueError("a projection-initialised adapter needs its update and must be the layer's only adapter")
+        if dropout_position not in ("input", "output"):
+            raise ValueError(f"dropout_position must be 'input' or 'output', got {dropout_position!r}")
         if adapter_name in self.more:
             raise ValueError(f"this layer already has an adapter named {adapter_name!r}")
         self.more[adapter_name] = monarch if monarch is not None else new_update(self.base_layer, nblocks, rank)
         self.more_dropout[adapter_name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout_position[adapter_name] = dropout_position
+        if projection:
+            init = Monarch.from_factors(
+                monarch.blkdiag1.detach().clone(),
+                monarch.blkdiag2.detach().clone(),
+                self.in_features,
+                self.out_features,
+            ).requires_grad_(False)
+            self.more_init[adapter_name] = init
+            weight = self.base_layer.weight
+            residual = weight.detach() - self._in_weight_layout(init.to_dense()).to(weight.dtype)
+            self.base_layer.weight = nn.Parameter(residual, requires_grad=False)
         if self.active_adapter is None:
             self.active_adapter = adapter_name
 
     def delete_adapter(self, adapter_name: str) -> None:
         if self.merged_adapter == adapter_name:
             raise ValueError(f"adapter {adapter_name!r} is merged into the base weight; unmerge() first")
+        self.restore_base_weight(adapter_name)
         del self.more[adapter_name]
         del self.more_dropout[adapter_name]
+        self.dropout_position.pop(adapter_name, None)
         if self.active_adapter == adapter_name:
             self.active_adapter = next(iter(self.more), None)
 
@@ -133,16 +207,33 @@ class MoReLinear(nn.Module):
         if is_sharded(monarch.blkdiag1):  # FSDP2, outside forward: multiply the whole factors
             w1, w2 = full_tensor(monarch.blkdiag1.detach()), full_tensor(monarch.blkdiag2.detach())
             monarch = Monarch.from_factors(w1, w2, monarch.in_features, monarch.out_features)
-        delta = monarch.to_dense()
-        return delta.T if self.is_conv1d else delta
+        return self._in_weight_layout(monarch.to_dense())
+
+    def _in_weight_layout(self, dense: torch.Tensor) -> torch.Tensor:  # (out, in) -> the base weight's layout
+        return dense.T if self.is_conv1d else dense
+
+    @torch.no_grad()
+    def restore_base_weight(self, adapter_name: str) -> None:
+        """For a projection-initialised adapter: put ``W = (W - M) + M`` back as the base weight
+        (equal to the original up to one rounding) and forget ``M``; otherwise nothing."""
+        if adapter_name not in self.more_init:
+            return
+        init = self.more_init.pop(adapter_name)
+        weight = self.base_layer.weight
+        restored = weight + self._in_weight_layout(init.to_dense()).to(weight.dtype)
+        self.base_layer.weight = nn.Parameter(restored, requires_grad=False)
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self.base_layer
+        if self.disabled and self.active_adapter in self.more_init and self.merged_adapter is None:
+            return self.more_init[self.active_adapter].addmm(base(x), x)  # (W - M) x + M x = W x
         if self.merged_adapter is not None or self.disabled or self.active_adapter not in self.more:
             return base(x)
         monarch, dropout = self.more[self.active_adapter], self.more_dropout[self.active_adapter]
         p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+        if p and self.dropout_position.get(self.active_adapter) == "output":  # the MoRe reference's placement
+            return base(x) + dropout(monarch(x.to(monarch.dtype)))
         w1, w2 = monarch.blkdiag1, monarch.blkdiag2
         if self.fused and select_path(x, w1, w2, base=base, dropout=p) is Path.EXPANDED_WITH_BASE:
             return run_path(Path.EXPANDED_WITH_BASE, x, w1, w2, weight=base.weight, bias=base.bias, save_middle=False)

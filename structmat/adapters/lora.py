@@ -19,11 +19,14 @@ def apply_lora(
     *,
     exclude_modules: TargetSpec = None,
     modules_to_save: str | list[str] | None = "auto",
+    init_lora_weights: bool | str = True,
 ) -> nn.Module:
     """PEFT LoRA on the layers :func:`apply_more` would wrap; returns the ``PeftModel``.
 
     ``alpha`` defaults to ``2 * rank`` (update scaling 2, a common choice). Requires ``peft``
-    (``pip install structmat[baselines]``).
+    (``pip install structmat[baselines]``). ``init_lora_weights`` goes to PEFT's ``LoraConfig``:
+    ``"pissa"`` starts LoRA at the weight's principal singular vectors with the residual frozen
+    (the low-rank counterpart of ``MoReConfig(init="projection")``).
     """
     try:
         from peft import LoraConfig, get_peft_model
@@ -38,5 +41,6 @@ def apply_lora(
         target_modules=targets,
         modules_to_save=saved or None,
         fan_in_fan_out=any(type(model.get_submodule(t)).__name__ == "Conv1D" for t in targets),
+        init_lora_weights=init_lora_weights,
     )
     return get_peft_model(model, config)

@@ -19,7 +19,7 @@ from torch import nn
 
 from .. import __version__
 from .config import MoReConfig
-from .layer import MoReLinear, base_shape, check_adapter_name, new_update
+from .layer import MoReLinear, base_shape, check_adapter_name, new_update, projection_update
 from .saved_modules import ModulesToSaveWrapper
 from .targets import TargetSpec, candidate_modules, resolve_modules_to_save, resolve_targets
 
@@ -110,7 +110,14 @@ def add_adapter(model: nn.Module, adapter_name: str, config: MoReConfig) -> nn.M
     return _add_adapter(model, adapter_name, config, stacklevel=3)
 
 
-def _add_adapter(model: nn.Module, adapter_name: str, config: MoReConfig, stacklevel: int) -> nn.Module:
+def _add_adapter(
+    model: nn.Module,
+    adapter_name: str,
+    config: MoReConfig,
+    stacklevel: int,
+    init_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> nn.Module:
+    """``init_factors``: for ``init="projection"``, each layer's saved ``M`` instead of a new fit."""
     if not isinstance(config, MoReConfig):
         raise TypeError(f"config must be a MoReConfig, got {type(config).__name__}")
     check_adapter_name(adapter_name)
@@ -122,11 +129,33 @@ def _add_adapter(model: nn.Module, adapter_name: str, config: MoReConfig, stackl
         raise ValueError("model has a merged adapter; unmerge() it before adding another")
     saved = resolve_modules_to_save(model, config.modules_to_save)
     targets = resolve_targets(model, config.target_modules, config.exclude_modules, saved)
+    projection = config.init == "projection"
+    projected = [n for n, c in configs.items() if c.init == "projection"]
+    if projection and configs:
+        raise ValueError(
+            f"init='projection' makes the base weights the residual W - M, so it must be the model's only "
+            f"adapter; the model has {list(configs)}"
+        )
+    if projected:
+        raise ValueError(
+            f"the model's adapter {projected[0]!r} is projection-initialised (its base weights hold W - M); "
+            f"a new adapter would sit on that residual: unload() or delete_adapter() it first"
+        )
+    if projection and _shared_weight_owners(model, targets):
+        raise ValueError(
+            "init='projection' replaces the base weights by W - M, which a tied weight cannot take; "
+            f"tied target modules: {sorted(_shared_weight_owners(model, targets))}"
+        )
     # Build every update before touching the model: a layer that does not fit fails cleanly.
     updates = {}
     for name in targets:
+        base = _base_of(model.get_submodule(name))
         try:
-            updates[name] = new_update(_base_of(model.get_submodule(name)), config.nblocks, config.rank)
+            if projection:
+                factors = (init_factors or {}).get(name)
+                updates[name] = projection_update(base, config.nblocks, config.rank, config.layout, factors)
+            else:
+                updates[name] = new_update(base, config.nblocks, config.rank, config.layout)
         except ValueError as err:
             raise ValueError(f"cannot adapt layer {name!r}: {err}") from None
     for name, mods in _shared_weight_owners(model, targets).items():
@@ -143,9 +172,15 @@ def _add_adapter(model: nn.Module, adapter_name: str, config: MoReConfig, stackl
     for name, update in updates.items():
         layer = model.get_submodule(name)
         if isinstance(layer, MoReLinear):
-            layer.add_adapter(adapter_name, config.nblocks, config.rank, config.dropout, monarch=update)
+            layer.add_adapter(
+                adapter_name, config.nblocks, config.rank, config.dropout, monarch=update,
+                dropout_position=config.dropout_position, projection=projection,
+            )  # fmt: skip
         else:
-            wrapper = MoReLinear(layer, dropout=config.dropout, adapter_name=adapter_name, monarch=update)
+            wrapper = MoReLinear(
+                layer, dropout=config.dropout, adapter_name=adapter_name, monarch=update,
+                dropout_position=config.dropout_position, projection=projection,
+            )  # fmt: skip
             _set_submodule(model, name, wrapper)
     for name in saved:
         module = model.get_submodule(name)
@@ -364,6 +399,8 @@ def _remove_adapters(model: nn.Module, merge_first: bool) -> nn.Module:
     for name, layer in layers.items():
         if not merge_first:
             layer.unmerge()
+            for adapter in list(layer.more_init):
+                layer.restore_base_weight(adapter)
         _set_submodule(model, name, layer.base_layer)
     for name, wrapper in saved_modules(model).items():
         _set_submodule(model, name, wrapper.active_module)

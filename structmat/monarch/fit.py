@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from ..approximation import relative_error
 from ..checks import check_matrix
 from .module import Monarch
-from .structure import MonarchShape
+from .structure import Layout, MonarchShape
 
 Method = Literal["auto", "svd", "gram"]
 
 
-def _resolve_shape(W: torch.Tensor, nblocks: int | str, rank: int | None) -> MonarchShape:
+def _resolve_shape(W: torch.Tensor, nblocks: int | str, rank: int | None, layout: Layout = "structmat") -> MonarchShape:
     out_f, in_f = W.shape[-2:]
     if nblocks == "sqrt":  # classic square Monarch of Dao et al.
         if out_f != in_f or math.isqrt(in_f) ** 2 != in_f:
@@ -32,7 +32,7 @@ def _resolve_shape(W: torch.Tensor, nblocks: int | str, rank: int | None) -> Mon
             )
         nblocks = math.isqrt(in_f)
         rank = in_f // nblocks if rank is None else rank
-    return MonarchShape.for_more(in_f, out_f, nblocks, 1 if rank is None else rank)
+    return MonarchShape.for_more(in_f, out_f, nblocks, 1 if rank is None else rank, layout)
 
 
 def monarch_blocks(W: torch.Tensor, shape: MonarchShape) -> torch.Tensor:
@@ -76,6 +76,7 @@ def fit_monarch(
     rank: int | None = None,
     *,
     method: Method = "auto",
+    layout: Layout = "structmat",
 ) -> Monarch:
     """The closest Monarch matrix to ``W`` in Frobenius norm (closed form, optimal).
 
@@ -87,6 +88,8 @@ def fit_monarch(
         method: ``"svd"`` (batched ``torch.linalg.svd`` of all blocks), ``"gram"`` (batched
             ``eigh`` of the blocks' Gram matrices, faster for large blocks and small ranks),
             or ``"auto"``.
+        layout: block sizes when ``nblocks`` does not divide the sizes: ``"structmat"`` or
+            ``"reference"`` (the MoRe reference code's; see :meth:`MonarchShape.for_more`).
 
     Returns:
         A :class:`Monarch` on ``W``'s device and dtype with ``batch_shape = W.shape[:-2]``
@@ -95,7 +98,7 @@ def fit_monarch(
         relative error ``||W - M||_F / ||W||_F`` (shape ``W.shape[:-2]``).
     """
     check_matrix("W", W)
-    shape = _resolve_shape(W, nblocks, rank)
+    shape = _resolve_shape(W, nblocks, rank, layout)
     batch = W.shape[:-2]
     with torch.no_grad():
         blocks = monarch_blocks(W, shape)  # (*batch, l, k, s, p)

@@ -10,7 +10,7 @@ from ..base import StructuredLinear
 from ..checks import check_float_dtype
 from ..init import Init, init_factor_
 from .multiply import monarch_multiply
-from .structure import MonarchShape
+from .structure import Layout, MonarchShape
 
 
 class Monarch(StructuredLinear):
@@ -39,6 +39,9 @@ class Monarch(StructuredLinear):
             ``nn.Linear``) or ``"zeros"``. The MoRe adapter uses ``init2="zeros"`` so the
             update starts at zero.
         batch_shape: leading dims for a stack of independent Monarch matrices.
+        layout: ``"structmat"`` (output blocks ``ceil(out/nblocks)``) or ``"reference"`` (the MoRe
+            reference code's ``ceil(ceil(in/nblocks) * out / in)``, to load its checkpoints);
+            the same when ``nblocks`` divides both sizes. See :meth:`MonarchShape.for_more`.
     """
 
     recompute_middle: bool = False  # keep only x for backward (see monarch_multiply); adapters turn it on
@@ -53,10 +56,11 @@ class Monarch(StructuredLinear):
         init1: Init = "kaiming",
         init2: Init = "kaiming",
         batch_shape: tuple[int, ...] = (),
+        layout: Layout = "structmat",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
-        structure = MonarchShape.for_more(in_features, out_features, nblocks, rank)
+        structure = MonarchShape.for_more(in_features, out_features, nblocks, rank, layout)
         dtype = dtype if dtype is not None else torch.get_default_dtype()
         check_float_dtype("dtype", dtype)
         kw = {"device": device, "dtype": dtype}

@@ -13,12 +13,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Literal
 
 import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_flow
 
 from ..checks import ceil_div, check_positive_int, check_rank_fits
+
+Layout = Literal["structmat", "reference"]
+LAYOUTS: tuple[str, ...] = ("structmat", "reference")
+
+
+def _nblocks_fit(in_features: int, out_features: int, nblocks: int) -> bool:
+    """Every input chunk holds a real column and every output group a real row."""
+    return (nblocks - 1) * ceil_div(in_features, nblocks) < in_features and nblocks <= out_features
 
 
 @dataclass(frozen=True)
@@ -52,25 +61,36 @@ class MonarchShape:
             raise ValueError(f"out_features must be in [1, l*s={self.l * self.s}], got {self.out_features}")
 
     @classmethod
-    def for_more(cls, in_features: int, out_features: int, nblocks: int, rank: int) -> MonarchShape:
-        """MoRe shapes: ``(nblocks, rank, ceil(in/nblocks))`` / ``(nblocks, ceil(out/nblocks), rank)``.
+    def for_more(
+        cls, in_features: int, out_features: int, nblocks: int, rank: int, layout: Layout = "structmat"
+    ) -> MonarchShape:
+        """MoRe shapes ``(nblocks, rank, p)`` / ``(nblocks, s, rank)`` with ``p = ceil(in/nblocks)``.
+
+        ``layout`` sizes the output blocks when sizes do not divide: ``"structmat"`` takes
+        ``s = ceil(out/nblocks)`` (the fewest padded rows), ``"reference"`` the MoRe reference
+        code's ``s = ceil(p*out/in)`` (so that its checkpoints load: 1000->2500 with 3 blocks is
+        ``s = 835`` there, 834 here). Both are the same when ``nblocks`` divides both sizes.
 
         Refuses (naming the argument) a rank above ``min(in, out)`` and an ``nblocks`` that
-        would leave a block with only padding.
+        would leave a block with only padding; the message names the largest ``nblocks`` that
+        works (the reference lowers it silently).
         """
         check_positive_int("in_features", in_features)
         check_positive_int("out_features", out_features)
         check_positive_int("nblocks", nblocks)
         check_positive_int("rank", rank)
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         check_rank_fits(rank, in_features, out_features)
-        p, s = ceil_div(in_features, nblocks), ceil_div(out_features, nblocks)
-        if (nblocks - 1) * p >= in_features or nblocks > out_features:
+        if not _nblocks_fit(in_features, out_features, nblocks):
+            best = max(n for n in range(1, nblocks) if _nblocks_fit(in_features, out_features, n))
             raise ValueError(
                 f"nblocks={nblocks} does not fit in_features={in_features}, "
                 f"out_features={out_features}: with blocks of ceil(size / nblocks) some block "
-                f"would hold only padding; use nblocks <= min(in, out) that leaves every block "
-                f"a real row and column (a divisor of both sizes always works)"
+                f"would hold only padding; the largest nblocks <= {nblocks} that works is {best}"
             )
+        p = ceil_div(in_features, nblocks)
+        s = ceil_div(out_features, nblocks) if layout == "structmat" else ceil_div(p * out_features, in_features)
         return cls(nblocks, rank, p, nblocks, s, rank, in_features, out_features)
 
     @property

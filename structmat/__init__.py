@@ -10,7 +10,7 @@ from .butterfly.fit import fit_butterfly
 from .fitting import optimal_error
 from .lowrank import LowRank
 from .lowrank.fit import fit_lowrank
-from .monarch import Monarch, MonarchShape, monarch_multiply
+from .monarch import Monarch, MonarchShape, dft_monarch, monarch_multiply
 from .monarch.fit import fit_monarch
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ __all__ = [
     "MonarchShape",
     "StructuredLinear",
     "dft_butterfly",
+    "dft_monarch",
     "fit_butterfly",
     "fit_lowrank",
     "fit_monarch",

@@ -10,7 +10,7 @@ from .butterfly.fit import fit_butterfly
 from .fitting import optimal_error
 from .lowrank import LowRank
 from .lowrank.fit import fit_lowrank
-from .monarch import Monarch, monarch_multiply
+from .monarch import Monarch, MonarchShape, dft_monarch, monarch_multiply
 from .monarch.fit import fit_monarch
 
 __version__ = "0.1.0"
@@ -19,8 +19,10 @@ __all__ = [
     "Butterfly",
     "LowRank",
     "Monarch",
+    "MonarchShape",
     "StructuredLinear",
     "dft_butterfly",
+    "dft_monarch",
     "fit_butterfly",
     "fit_lowrank",
     "fit_monarch",

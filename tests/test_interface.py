@@ -33,6 +33,12 @@ class TestMonarchGeneralFactors(MonarchCase):
         return Monarch.from_factors(torch.randn(3, 4, 5, dtype=dtype), torch.randn(2, 7, 6, dtype=dtype))
 
 
+class TestMonarchComplexFactors(MonarchCase):
+    def make(self, dtype):  # complex factors, k != l, padded and cropped; real inputs taken as complex
+        cdtype = dtype.to_complex()
+        return Monarch.from_factors(torch.randn(3, 4, 5, dtype=cdtype), torch.randn(2, 7, 6, dtype=cdtype), 13, 12)
+
+
 class TestMonarchBatched(MonarchCase):
     dtypes = (torch.float64,)  # a subclass picks its own dtypes
 

@@ -1,8 +1,18 @@
 """Monarch matrices: the module, the multiply and its paths, the shape bookkeeping and the optimal fit."""
 
+from .dft import dft_monarch
 from .dispatch import Path, backend, get_backend, select_path
 from .module import Monarch
 from .multiply import monarch_multiply
 from .structure import MonarchShape
 
-__all__ = ["Monarch", "MonarchShape", "Path", "backend", "get_backend", "monarch_multiply", "select_path"]
+__all__ = [
+    "Monarch",
+    "MonarchShape",
+    "Path",
+    "backend",
+    "dft_monarch",
+    "get_backend",
+    "monarch_multiply",
+    "select_path",
+]

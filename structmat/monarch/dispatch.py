@@ -15,6 +15,10 @@ Paths (same result; values and gradients checked against the entrywise formula i
 - ``EINSUM``: stacks of factors (``batch_shape``), broadcast over the tokens.
 - ``TRITON``: the fused kernel of :mod:`.triton_kernel` (optional ``triton``, CUDA).
 
+Complex factors (or a complex ``x``) run on ``BMM`` (its backward conjugates, as autograd does for
+complex tensors), stacks of them on ``EINSUM``; the expanded paths and the kernel are written for
+real factors and step aside whatever the backend says.
+
 The choice can be forced: ``with structmat.monarch.backend("bmm"):`` (or ``"expanded"``,
 ``"triton"``, ``"torch"`` = the PyTorch paths by width, ``"auto"``), or the environment variable
 ``STRUCTMAT_MONARCH_BACKEND`` (read at each call; the context manager wins). A forced path that
@@ -158,6 +162,8 @@ def select_path(
     """
     if blkdiag1.dim() > 3:
         return Path.EINSUM
+    if blkdiag1.is_complex() or x.is_complex():
+        return Path.BMM
     choice = get_backend()
     if _triton_takes(x, blkdiag1, blkdiag2, choice):
         return Path.TRITON

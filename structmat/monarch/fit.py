@@ -23,8 +23,17 @@ from .structure import Layout, MonarchShape
 Method = Literal["auto", "svd", "gram"]
 
 
-def _resolve_shape(W: torch.Tensor, nblocks: int | str, rank: int | None, layout: Layout = "structmat") -> MonarchShape:
+def _resolve_shape(
+    W: torch.Tensor,
+    nblocks: int | str | None,
+    rank: int | None,
+    structure: MonarchShape | None = None,
+    layout: Layout = "structmat",
+) -> MonarchShape:
     out_f, in_f = W.shape[-2:]
+    if structure is not None:
+        return _check_structure(W, nblocks, rank, structure)
+    nblocks = 4 if nblocks is None else nblocks
     if nblocks == "sqrt":  # classic square Monarch of Dao et al.
         if out_f != in_f or math.isqrt(in_f) ** 2 != in_f:
             raise ValueError(
@@ -33,6 +42,26 @@ def _resolve_shape(W: torch.Tensor, nblocks: int | str, rank: int | None, layout
         nblocks = math.isqrt(in_f)
         rank = in_f // nblocks if rank is None else rank
     return MonarchShape.for_more(in_f, out_f, nblocks, 1 if rank is None else rank, layout)
+
+
+def _check_structure(W: torch.Tensor, nblocks: object, rank: object, structure: object) -> MonarchShape:
+    """``structure`` (general factor shapes) as the fit's shape, refusing nblocks/rank beside it."""
+    if nblocks is not None or rank is not None:
+        raise ValueError(
+            f"give either structure or nblocks/rank, not both (got structure={structure!r}, "
+            f"nblocks={nblocks!r}, rank={rank!r})"
+        )
+    if not isinstance(structure, MonarchShape):
+        raise TypeError(
+            f"structure must be a MonarchShape (e.g. MonarchShape.from_factor_shapes((k, q, p), (l, s, r))), "
+            f"got {type(structure).__name__}"
+        )
+    if (structure.out_features, structure.in_features) != tuple(W.shape[-2:]):
+        raise ValueError(
+            f"structure is for (out, in)=({structure.out_features}, {structure.in_features}) but W has shape "
+            f"{tuple(W.shape[-2:])}; give in_features/out_features to MonarchShape.from_factor_shapes"
+        )
+    return structure
 
 
 def monarch_blocks(W: torch.Tensor, shape: MonarchShape) -> torch.Tensor:
@@ -72,33 +101,38 @@ def _top_singular(blocks: torch.Tensor, kmax: int, method: Method) -> tuple[torc
 
 def fit_monarch(
     W: torch.Tensor,
-    nblocks: int | str = 4,
+    nblocks: int | str | None = None,
     rank: int | None = None,
     *,
     method: Method = "auto",
+    structure: MonarchShape | None = None,
     layout: Layout = "structmat",
 ) -> Monarch:
     """The closest Monarch matrix to ``W`` in Frobenius norm (closed form, optimal).
 
     Args:
         W: ``(..., out, in)``, one matrix or a stack; float dtype, finite. Not modified.
-        nblocks: blocks per factor (MoRe's N), or ``"sqrt"`` for the classic square Monarch
-            of Dao et al. (``nblocks = sqrt(n)``, ``rank = n / nblocks`` unless given).
+        nblocks: blocks per factor (MoRe's N), default 4, or ``"sqrt"`` for the classic square
+            Monarch of Dao et al. (``nblocks = sqrt(n)``, ``rank = n / nblocks`` unless given).
         rank: block rank (MoRe's ``blk_r``), default 1.
         method: ``"svd"`` (batched ``torch.linalg.svd`` of all blocks), ``"gram"`` (batched
             ``eigh`` of the blocks' Gram matrices, faster for large blocks and small ranks),
             or ``"auto"``.
+        structure: general factor shapes instead of ``nblocks``/``rank`` (not both): a
+            :class:`MonarchShape`, e.g. ``MonarchShape.from_factor_shapes((32, 24, 24), (24, 32, 32))``
+            (``k != l`` allowed); its ``(out_features, in_features)`` must be ``W``'s.
         layout: block sizes when ``nblocks`` does not divide the sizes: ``"structmat"`` or
             ``"reference"`` (the MoRe reference code's; see :meth:`MonarchShape.for_more`).
 
     Returns:
         A :class:`Monarch` on ``W``'s device and dtype with ``batch_shape = W.shape[:-2]``
         and MoRe shapes ``blkdiag1 (nblocks, rank, ceil(in/nblocks))``,
-        ``blkdiag2 (nblocks, ceil(out/nblocks), rank)``. Its ``fit_error`` holds the achieved
-        relative error ``||W - M||_F / ||W||_F`` (shape ``W.shape[:-2]``).
+        ``blkdiag2 (nblocks, ceil(out/nblocks), rank)`` (or ``structure``'s shapes). Its
+        ``fit_error`` holds the achieved relative error ``||W - M||_F / ||W||_F`` (shape
+        ``W.shape[:-2]``).
     """
     check_matrix("W", W)
-    shape = _resolve_shape(W, nblocks, rank, layout)
+    shape = _resolve_shape(W, nblocks, rank, structure, layout)
     batch = W.shape[:-2]
     with torch.no_grad():
         blocks = monarch_blocks(W, shape)  # (*batch, l, k, s, p)
@@ -129,14 +163,17 @@ def fit_monarch(
     return monarch
 
 
-def monarch_optimal_error(W: torch.Tensor, nblocks: int | str = 4, rank: int | None = None) -> torch.Tensor:
+def monarch_optimal_error(
+    W: torch.Tensor, nblocks: int | str | None = None, rank: int | None = None, *, structure: MonarchShape | None = None
+) -> torch.Tensor:
     """The optimal relative error ``min_M ||W - M||_F / ||W||_F`` over Monarch ``M``.
 
     ``sqrt(sum over blocks (d, a) of sum_{i >= t(d, a)} sigma_i(W_(d,a))^2) / ||W||_F``,
-    from the singular values of every block; shape ``W.shape[:-2]``.
+    from the singular values of every block; shape ``W.shape[:-2]``. ``nblocks`` (default 4),
+    ``rank`` and ``structure`` as in :func:`fit_monarch`.
     """
     check_matrix("W", W)
-    shape = _resolve_shape(W, nblocks, rank)
+    shape = _resolve_shape(W, nblocks, rank, structure)
     with torch.no_grad():
         sv = torch.linalg.svdvals(monarch_blocks(W, shape))  # (*batch, l, k, min(s, p))
         t = torch.as_tensor(shape.block_ranks, device=W.device)

@@ -104,13 +104,17 @@ class BmmFunction(torch.autograd.Function):
         l, s, r = w2.shape
         if h2 is None:
             h2 = _middle(x2, w1, r, l)
+        # complex tensors: autograd's convention is grad_a = grad_out @ conj(b) for out = a @ b
+        # (conj() of a real tensor is the tensor itself, no copy)
         gy = _rows(grad_y).reshape(-1, s, l).permute(2, 0, 1)  # (l, n, s)
-        grad_w2 = torch.bmm(gy.transpose(1, 2), h2) if need_w2 else None  # (l, s, r)
-        grad_h = second_to_middle(torch.bmm(gy, w2), k, q)  # (k, n, q)
-        grad_w1 = torch.bmm(grad_h.transpose(1, 2), x2.reshape(-1, k, p).transpose(0, 1)) if need_w1 else None
+        grad_w2 = torch.bmm(gy.transpose(1, 2), h2.conj()) if need_w2 else None  # (l, s, r)
+        grad_h = second_to_middle(torch.bmm(gy, w2.conj()), k, q)  # (k, n, q)
+        grad_w1 = None
+        if need_w1:
+            grad_w1 = torch.bmm(grad_h.transpose(1, 2), x2.conj().reshape(-1, k, p).transpose(0, 1))
         grad_x = None
         if need_x:
-            grad_x = torch.bmm(grad_h, w1).transpose(0, 1).reshape(ctx.x_shape)
+            grad_x = torch.bmm(grad_h, w1.conj()).transpose(0, 1).reshape(ctx.x_shape)
         return grad_x, grad_w1, grad_w2, (grad_y if need_add else None), None
 
 

@@ -85,12 +85,15 @@ class Monarch(StructuredLinear):
 
         Requires ``l * r == k * q``. ``in_features`` defaults to ``k*p`` and
         ``out_features`` to ``l*s``; smaller values mean pad-and-crop. The tensors are used
-        as the parameters' data (no copy), with their dtype and device.
+        as the parameters' data (no copy), with their dtype and device. Complex factors
+        (complex64/complex128) make a complex ``M`` (e.g. :func:`~structmat.dft_monarch`): real
+        inputs are then taken as complex, and the multiply runs on the paths that support
+        complex numbers (see :mod:`structmat.monarch.dispatch`).
         """
         for name, f in (("blkdiag1", blkdiag1), ("blkdiag2", blkdiag2)):
             if not isinstance(f, torch.Tensor) or f.dim() < 3:
                 raise ValueError(f"{name} must be a tensor of shape (..., blocks, rows, cols)")
-            check_float_dtype(name, f.dtype)
+            check_float_dtype(name, f.dtype, allow_complex=True)
         if blkdiag1.shape[:-3] != blkdiag2.shape[:-3]:
             raise ValueError(
                 f"blkdiag1 and blkdiag2 must share batch dims, got {tuple(blkdiag1.shape[:-3])} "
@@ -124,10 +127,14 @@ class Monarch(StructuredLinear):
 
     def _matmul(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
         st = self.structure
+        w1, w2 = self.blkdiag1, self.blkdiag2
+        if x.is_complex() != w1.is_complex():  # real x on complex factors, or complex x on real ones
+            dtype = torch.promote_types(x.dtype, w1.dtype)
+            x, w1, w2 = x.to(dtype), w1.to(dtype), w2.to(dtype)
         pad_in = st.k * st.p - self.in_features
         if pad_in:
             x = F.pad(x, (0, pad_in))
-        y = monarch_multiply(x, self.blkdiag1, self.blkdiag2, add=add, recompute_middle=self.recompute_middle)
+        y = monarch_multiply(x, w1, w2, add=add, recompute_middle=self.recompute_middle)
         if y.shape[-1] != self.out_features:
             y = y[..., : self.out_features]
         return y
@@ -136,7 +143,12 @@ class Monarch(StructuredLinear):
         # the multiply adds y in its last step, when y is what that step writes: no cropped
         # output rows, one dtype, the shape of forward(x)
         st = self.structure
-        if st.l * st.s == self.out_features and y.dtype == self.dtype and y.shape == (*x.shape[:-1], self.out_features):
+        if (
+            st.l * st.s == self.out_features
+            and y.dtype == self.dtype
+            and x.is_complex() == y.is_complex()
+            and y.shape == (*x.shape[:-1], self.out_features)
+        ):
             return self._matmul(x, add=y)
         return super()._addmm(y, x)
 

@@ -97,6 +97,35 @@ class MonarchShape:
     def middle(self) -> int:
         return self.k * self.q
 
+    @classmethod
+    def from_factor_shapes(
+        cls,
+        blkdiag1_shape: tuple[int, int, int],
+        blkdiag2_shape: tuple[int, int, int],
+        in_features: int | None = None,
+        out_features: int | None = None,
+    ) -> MonarchShape:
+        """General shapes: ``blkdiag1`` ``(k, q, p)``, ``blkdiag2`` ``(l, s, r)`` with ``l*r == k*q``
+        (``k != l`` allowed), e.g. the MoRe reference's automatic sizes for 768:
+        ``from_factor_shapes((32, 24, 24), (24, 32, 32))``.
+
+        ``in_features`` defaults to ``k*p`` and ``out_features`` to ``l*s``; smaller values mean
+        pad-and-crop, as in :meth:`Monarch.from_factors`.
+        """
+        for name, dims, letters in (
+            ("blkdiag1_shape", blkdiag1_shape, "kqp"),
+            ("blkdiag2_shape", blkdiag2_shape, "lsr"),
+        ):
+            if not isinstance(dims, (tuple, list)) or len(dims) != 3:
+                raise ValueError(f"{name} must be a tuple of 3 positive integers ({', '.join(letters)}), got {dims!r}")
+            for i, (letter, value) in enumerate(zip(letters, dims, strict=True)):
+                check_positive_int(f"{name}[{i}] ({letter})", value)
+        k, q, p = blkdiag1_shape
+        l, s, r = blkdiag2_shape  # noqa: E741 - the paper's name
+        in_features = k * p if in_features is None else check_positive_int("in_features", in_features)
+        out_features = l * s if out_features is None else check_positive_int("out_features", out_features)
+        return cls(k, q, p, l, s, r, in_features, out_features)
+
     @cached_property
     def middle_index(self) -> dict[str, np.ndarray]:
         """For every middle index j: its chunk ``a``, row ``b`` in blkdiag1, group ``d``,

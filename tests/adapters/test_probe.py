@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 import torch
-from tiny_models import inputs, logits, tiny_bert, tiny_llama
+from helpers import inputs, logits, tiny_bert, tiny_llama
 from torch import nn
 
 from structmat.adapters import (
@@ -65,9 +65,9 @@ def close(a, b):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the Monarch autograd Functions (_ExpandedRecompute/_MonarchRecompute) have no custom_fwd/"
-    "custom_bwd: under autocast the forward runs in bf16, the backward mixes bf16 grads with fp32 factors "
-    "and raises; Trainer(bf16=True / fp16=True) cannot train a MoRe adapter",
+    reason="the Monarch autograd Functions (monarch/functions.py: ExpandedFunction, BmmFunction) have no "
+    "custom_fwd/custom_bwd: under autocast the forward runs in bf16, the backward mixes bf16 grads with fp32 "
+    "factors and raises; Trainer(bf16=True / fp16=True) cannot train a MoRe adapter",
 )
 @pytest.mark.parametrize("rank", [2, 16])  # middle 8: expanded path; middle 64: bmm path
 def test_backward_under_autocast(rank):
@@ -89,7 +89,7 @@ def test_backward_under_autocast(rank):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="FrozenLinearMonarch and the Monarch recompute Functions define forward(ctx, ...) without "
+    reason="the Monarch autograd Functions (monarch/functions.py) define forward(ctx, ...) without "
     "setup_context/vmap: torch.func.grad / vmap (per-sample gradients, functional training) raise RuntimeError "
     "on every adapted layer, where PEFT's LoRA layers work",
 )
@@ -272,7 +272,7 @@ def test_load_adapters_uses_what_it_checked(tmp_path, monkeypatch):
     model = apply_more(tiny_bert(), ["query"], rank=2, adapter_name="a", modules_to_save=None)
     add_adapter(model, "b", MoReConfig(target_modules=["value"], rank=2, modules_to_save=None))
     save_adapter(model, tmp_path)
-    from tiny_models import tiny_gpt2
+    from helpers import tiny_gpt2
 
     other = apply_more(tiny_gpt2(), rank=2, adapter_name="b")  # another process saves into b meanwhile
     real = pathlib.Path.read_bytes
@@ -700,8 +700,9 @@ def test_compiled_model_follows_set_adapter_disable_and_merge():
 
 @pytest.mark.parametrize("use_reentrant", [True, False])
 def test_gradient_checkpointing_trains_the_adapter(use_reentrant):
-    """Trainer(gradient_checkpointing=True): with every input frozen the reentrant variant used to
-    leave the checkpointed layers without gradients; each adapter factor gets its gradient."""
+    """Trainer(gradient_checkpointing=True): reentrant checkpointing gives no gradients inside a block
+    whose inputs are all frozen (PEFT calls enable_input_require_grads for that); here every adapter
+    factor gets its gradient, with either variant."""
     model = apply_more(tiny_bert(), rank=2).train()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
     model(**inputs(), labels=LABELS).loss.backward()

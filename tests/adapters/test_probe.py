@@ -63,12 +63,6 @@ def close(a, b):
 # -- mixed precision ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Monarch autograd Functions (monarch/functions.py: ExpandedFunction, BmmFunction) have no "
-    "custom_fwd/custom_bwd: under autocast the forward runs in bf16, the backward mixes bf16 grads with fp32 "
-    "factors and raises; Trainer(bf16=True / fp16=True) cannot train a MoRe adapter",
-)
 @pytest.mark.parametrize("rank", [2, 16])  # middle 8: expanded path; middle 64: bmm path
 def test_backward_under_autocast(rank):
     torch.manual_seed(0)
@@ -87,19 +81,16 @@ def test_backward_under_autocast(rank):
         torch.testing.assert_close(p.grad, want, rtol=0.05, atol=0.05 * float(want.abs().max()))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Monarch autograd Functions (monarch/functions.py) define forward(ctx, ...) without "
-    "setup_context/vmap: torch.func.grad / vmap (per-sample gradients, functional training) raise RuntimeError "
-    "on every adapted layer, where PEFT's LoRA layers work",
-)
-def test_torch_func_grad_through_an_adapted_layer():
+@pytest.mark.parametrize("rank", [2, 16])  # middle 8: the fused expanded path; middle 64: bmm
+@pytest.mark.parametrize("fused", [True, False])
+def test_torch_func_grad_through_an_adapted_layer(rank, fused):
     torch.manual_seed(0)
-    net = apply_more(nn.Sequential(nn.Linear(16, 16)), ["0"], nblocks=4, rank=2, modules_to_save=None)
+    net = apply_more(nn.Sequential(nn.Linear(64, 64)), ["0"], nblocks=4, rank=rank, modules_to_save=None)
+    net[0].fused = fused
     with torch.no_grad():
         net[0].monarch.blkdiag2.normal_()
     params = {k: v.detach() for k, v in net.named_parameters()}
-    x = torch.randn(5, 16)
+    x = torch.randn(5, 64)
 
     def loss(p, xs):
         return torch.func.functional_call(net, p, (xs,)).pow(2).sum()
@@ -109,6 +100,14 @@ def test_torch_func_grad_through_an_adapted_layer():
     for name, p in net.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(got[name], p.grad)
+    # per-sample gradients (vmap over grad) against a plain loop over the samples
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x.unsqueeze(1))
+    for i in range(len(x)):
+        net.zero_grad()
+        net(x[i : i + 1]).pow(2).sum().backward()
+        for name, p in net.named_parameters():
+            if p.requires_grad:
+                torch.testing.assert_close(per_sample[name][i], p.grad)
 
 
 # -- operations inside `with disable_adapter(model)` -------------------------------------------

@@ -21,9 +21,13 @@ def base_shape(base: nn.Module) -> tuple[int, int]:
 
 
 def check_adapter_name(name: object) -> str:
-    """An adapter name is a non-empty string without dots (it becomes a ``ModuleDict`` key)."""
-    if not isinstance(name, str) or not name or "." in name:
-        raise ValueError(f"adapter_name must be a non-empty string without '.', got {name!r}")
+    """An adapter name is a non-empty string without ``.``, ``/`` or ``\\`` (it becomes a
+    ``ModuleDict`` key and a folder name when saved) and not an attribute of ``nn.ModuleDict``
+    (``"update"``, ``"keys"``, ``"train"``, ``"to"``, ...: the dict cannot hold those keys)."""
+    if not isinstance(name, str) or not name or any(c in name for c in "./\\"):
+        raise ValueError(f"adapter_name must be a non-empty string without '.', '/' or '\\\\', got {name!r}")
+    if hasattr(nn.ModuleDict(), name):  # an instance: "training" too
+        raise ValueError(f"adapter_name {name!r} is an attribute of nn.ModuleDict (it cannot be a key); choose another")
     return name
 
 

@@ -21,7 +21,8 @@ class MoReConfig:
             default); see :mod:`structmat.adapters.targets`.
         exclude_modules: names or regex of layers never to wrap.
         modules_to_save: modules trained in full and saved with the adapter; ``"auto"`` =
-            the classifier head of a sequence-classification model.
+            the task head of a classification or question-answering model (``classifier``,
+            ``score``, ``qa_outputs``), as PEFT's task types.
         nblocks: Monarch blocks per factor (MoRe's default 4).
         rank: block rank (MoRe's ``blk_r``); trainable params per layer ``rank*(in+out)``.
         dropout: dropout rate of the adapter's branch.

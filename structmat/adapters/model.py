@@ -74,7 +74,7 @@ def apply_more(
     Every parameter is frozen; each targeted linear layer (``nn.Linear`` or ``Conv1D``) is
     replaced by a :class:`MoReLinear` whose Monarch update starts at zero, so the adapted
     model computes exactly what the base model did. ``modules_to_save`` ("auto": the
-    classifier head of a sequence-classification model) are trained as copies, the originals
+    task head of a classification or question-answering model) are trained as copies, the originals
     kept for :func:`disable_adapter`. Trainable parameters: ``rank * (in + out)`` per target
     (``nblocks`` dividing both sizes). ``config`` (a :class:`MoReConfig`) replaces the
     keyword settings and is not modified. More adapters: :func:`add_adapter`.

@@ -1,10 +1,11 @@
 """Adversarial probe of the MoRe adapter layer (issue 15): what a demanding PyTorch / PEFT /
 transformers user does with adapters.
 
-Each ``xfail(strict=True)`` test is a defect found by the probe, stated against an independent
-expectation (the base model's outputs, the outputs of the model that was saved, PEFT's behaviour);
-it starts passing (and so fails as XPASS) when the defect is fixed. The other tests pin down
-behaviours that held under the probe and were not covered yet.
+The tests in the first part were defects found by the probe, committed as ``xfail(strict=True)``
+(so each failed before its fix) and stated against an independent expectation (the base model's
+outputs, the outputs of the model that was saved, PEFT's behaviour); where the fix is a refusal,
+the test checks the refusal (a ``ValueError`` naming the argument, the model unchanged). The other
+tests pin down behaviours that held under the probe and were not covered yet.
 """
 
 import copy
@@ -57,7 +58,7 @@ def close(a, b):
 
 
 # =============================================================================================
-# Defects (xfail strict): each states what a user would expect
+# Defects found by the probe (xfail strict before their fixes): each states what a user would expect
 # =============================================================================================
 
 # -- mixed precision ---------------------------------------------------------------------------

@@ -21,7 +21,8 @@ class MoReConfig:
             default); see :mod:`structmat.adapters.targets`.
         exclude_modules: names or regex of layers never to wrap.
         modules_to_save: modules trained in full and saved with the adapter; ``"auto"`` =
-            the classifier head of a sequence-classification model.
+            the task head of a classification or question-answering model (``classifier``,
+            ``score``, ``qa_outputs``), as PEFT's task types.
         nblocks: Monarch blocks per factor (MoRe's default 4).
         rank: block rank (MoRe's ``blk_r``); trainable params per layer ``rank*(in+out)``.
         dropout: dropout rate of the adapter's branch.
@@ -84,8 +85,8 @@ class MoReConfig:
             raise ValueError(f"init must be 'zero' or 'projection', got {self.init!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
-        if isinstance(self.target_modules, (tuple, set)):
-            self.target_modules = sorted(self.target_modules)
+        for arg in ("target_modules", "exclude_modules", "modules_to_save"):
+            setattr(self, arg, _module_spec(arg, getattr(self, arg)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,3 +104,13 @@ class MoReConfig:
                 stacklevel=2,
             )
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _module_spec(arg: str, value: Any) -> str | list[str] | None:
+    """``None``, a string, or a list of strings (a tuple or set becomes a list, a set sorted, so
+    that the config saves as JSON); anything else raises ``TypeError`` naming ``arg``."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+    raise TypeError(f"{arg} must be None, a string or a list of strings, got {value!r}")

@@ -17,7 +17,16 @@ What makes it trustworthy:
   file (a flipped byte) is an error that names the file, not wrong tensors.
 - **Checked before touching.** :func:`load_adapter` checks the architecture, every layer's
   shape, the adapter already in the model under that name, and every tensor before it changes
-  anything: a failed load leaves the model as it was.
+  anything: a failed load leaves the model as it was. :func:`load_adapters` reads every adapter
+  once, checks them all, and loads what it checked.
+- **The folder's adapters are those of its last save.** ``structmat_adapters.json`` (written
+  last, in one rename) lists the adapters of the last :func:`save_adapter` into the folder, and
+  every weights file records the save it belongs to (``structmat_save_id``). :func:`load_adapters`
+  loads the listed adapters only: adapters of earlier saves under other names, and adapters saved
+  into subfolders of their own (``checkpoint-N``), are not loaded. Several adapters are written
+  one file at a time: if such a save stops half way (a crash, a full disk), the listed files come
+  from two saves, and :func:`load_adapters` says so (``ValueError``) instead of loading the mix.
+  A folder holding one adapter always loads (the old or the new one).
 
 Folders written before the config moved into the weights file (``structmat_config_sha256``
 only) still load: then the config comes from ``adapter_config.json`` and must match its hash.
@@ -25,10 +34,12 @@ only) still load: then the config comes from ``adapter_config.json`` and must ma
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import secrets
 from pathlib import Path
 
 import torch
@@ -39,7 +50,7 @@ from torch import nn
 
 from ..monarch import MonarchShape
 from .config import MoReConfig
-from .layer import MoReLinear, base_shape
+from .layer import MoReLinear, base_shape, check_adapter_name
 from .model import (
     ACTIVE_ATTR,
     CONFIGS_ATTR,
@@ -59,6 +70,7 @@ from .targets import is_linear
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+MANIFEST_NAME = "structmat_adapters.json"
 DEFAULT_ADAPTER = "default"
 FORMAT_VERSION = "2"
 _MAX_HEADER = 100 * 2**20
@@ -71,6 +83,7 @@ class SavedAdapter:
     path: Path
     config: MoReConfig
     state: dict[str, torch.Tensor]
+    save_id: str | None = None  # the save_adapter call that wrote it (None: written before save ids)
 
 
 def adapter_state_dict(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
@@ -88,9 +101,9 @@ def adapter_state_dict(model: nn.Module, adapter_name: str | None = None) -> dic
             state[f"{layer_name}.init_blkdiag1"] = layer.more_init[name].blkdiag1
             state[f"{layer_name}.init_blkdiag2"] = layer.more_init[name].blkdiag2
     for mod_name, wrapper in saved_modules(model).items():
-        if name in wrapper.modules_to_save:
-            for pname, p in wrapper.modules_to_save[name].named_parameters():
-                state[f"{mod_name}.{pname}"] = p
+        if name in wrapper.modules_to_save:  # parameters and persistent buffers (running statistics)
+            for key, t in wrapper.modules_to_save[name].state_dict().items():
+                state[f"{mod_name}.{key}"] = t
     return {k: full_tensor(v.detach()).contiguous().cpu() for k, v in state.items()}
 
 
@@ -124,8 +137,10 @@ def save_adapter(
     """Save the model's adapters (or only ``adapter_name``) under directory ``path``.
 
     Each adapter is one unit (see the module doc): ``"default"`` in ``path``, any other in
-    ``path/<name>``. Returns ``path``. Writers to one folder take turns; leftovers of killed
-    saves are removed by the next save.
+    ``path/<name>``. ``path/structmat_adapters.json`` then lists the adapters of this save (with
+    ``adapter_name``: the folder's adapters, this one replaced or added), which is what
+    :func:`load_adapters` loads. Returns ``path``. Writers to one folder take turns; leftovers of
+    killed saves are removed by the next save.
 
     Several processes (``torchrun``): ``is_main_process`` (default: rank 0 of the default
     process group) says which one writes. On a model sharded with FSDP2 (``fully_shard``) every
@@ -140,23 +155,56 @@ def save_adapter(
     for name in names:
         if name not in configs:
             raise ValueError(f"model has no adapter named {name!r}; its adapters: {list(configs)}")
-    for name in names:
+    files = {}
+    for name in names:  # everything serialised before the folder is touched
         text = configs[name].to_json()
         state = adapter_state_dict(model, name)
-        meta = {
-            "format": "pt",
-            "structmat_format": FORMAT_VERSION,
-            "structmat_config": text,
-            "structmat_config_sha256": _sha256(text),
-            "structmat_tensors_sha256": tensors_sha256(state),
-        }
-        if not (main_process() if is_main_process is None else is_main_process):
-            continue
-        data = save_safetensors(state, metadata=meta)
-        with locked_folder(adapter_folder(path, name)) as folder:
-            write_atomically(folder / WEIGHTS_NAME, data)
-            write_atomically(folder / CONFIG_NAME, text.encode())
+        files[name] = text, state
+    if not (main_process() if is_main_process is None else is_main_process):
+        return Path(path)
+    with locked_folder(path) as root:
+        listed, save_id = names, secrets.token_hex(16)
+        manifest = _read_manifest(root)
+        if adapter_name is not None and manifest is not None:  # one adapter of the folder's save
+            listed, save_id = list(dict.fromkeys([*manifest["adapters"], adapter_name])), manifest["save_id"]
+        for name, (text, state) in files.items():
+            meta = {
+                "format": "pt",
+                "structmat_format": FORMAT_VERSION,
+                "structmat_config": text,
+                "structmat_config_sha256": _sha256(text),
+                "structmat_tensors_sha256": tensors_sha256(state),
+                "structmat_save_id": save_id,
+            }
+            data = save_safetensors(state, metadata=meta)
+            folder = adapter_folder(root, name)
+            with locked_folder(folder) if folder != root else contextlib.nullcontext(root):
+                write_atomically(folder / WEIGHTS_NAME, data)
+                write_atomically(folder / CONFIG_NAME, text.encode())
+        manifest = {"adapters": listed, "save_id": save_id}
+        write_atomically(root / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
     return Path(path)
+
+
+def _read_manifest(path: Path) -> dict | None:
+    """``structmat_adapters.json`` of folder ``path`` (``None`` where there is none: a folder
+    saved before it existed, or assembled by hand); the names in it are checked."""
+    file = Path(path) / MANIFEST_NAME
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file} is corrupt: {err}") from None
+    names = data.get("adapters") if isinstance(data, dict) else None
+    if not isinstance(names, list) or not isinstance(data.get("save_id"), str):
+        raise ValueError(f"{file} is corrupt: no list of adapters and save id")
+    for name in names:
+        try:
+            check_adapter_name(name)
+        except ValueError as err:
+            raise ValueError(f"{file} lists an invalid adapter name: {err}") from None
+    return data
 
 
 def _header_metadata(data: bytes, where: Path) -> dict[str, str]:
@@ -243,7 +291,7 @@ def read_adapter(path: str | os.PathLike) -> SavedAdapter:
     stored = meta.get("structmat_tensors_sha256")
     if stored is not None and stored != tensors_sha256(state):
         raise ValueError(f"{weights} is corrupt: its tensors do not match their stored hash")
-    return SavedAdapter(path, config, state)
+    return SavedAdapter(path, config, state, meta.get("structmat_save_id"))
 
 
 def read_adapter_config(path: str | os.PathLike) -> MoReConfig:
@@ -273,12 +321,26 @@ def _expected_shapes(model: nn.Module, config: MoReConfig, adapter_name: str) ->
             expected[f"{name}.{prefix}blkdiag1"] = (st.k, st.q, st.p)
             expected[f"{name}.{prefix}blkdiag2"] = (st.l, st.s, st.r)
     for mod_name in config.resolved_modules_to_save:
-        module = model.get_submodule(mod_name)
-        if isinstance(module, ModulesToSaveWrapper):
-            module = module.original_module
-        for pname, p in module.named_parameters():
-            expected[f"{mod_name}.{pname}"] = tuple(p.shape)
+        for key, t in _saved_module(model, mod_name).state_dict().items():
+            expected[f"{mod_name}.{key}"] = tuple(t.shape)
     return expected
+
+
+def _saved_module(model: nn.Module, name: str) -> nn.Module:
+    """The module ``name`` as the base model has it (the original inside a wrapper)."""
+    module = model.get_submodule(name)
+    return module.original_module if isinstance(module, ModulesToSaveWrapper) else module
+
+
+def _buffer_keys(model: nn.Module, config: MoReConfig) -> set[str]:
+    """The saved keys of the modules to save that are buffers: adapters saved before buffers
+    were saved lack them, and then the model's own buffers stay."""
+    keys = set()
+    for mod_name in config.resolved_modules_to_save:
+        module = _saved_module(model, mod_name)
+        params = {n for n, _ in module.named_parameters()}
+        keys |= {f"{mod_name}.{k}" for k in module.state_dict() if k not in params}
+    return keys
 
 
 def _loading_problems(model: nn.Module, saved: SavedAdapter, adapter_name: str) -> list[str]:
@@ -316,7 +378,8 @@ def _loading_problems(model: nn.Module, saved: SavedAdapter, adapter_name: str) 
         expected = _expected_shapes(model, config, adapter_name)
     except ValueError as err:
         return [f"its config is inconsistent: {err}"]
-    missing = sorted(set(expected) - set(saved.state))
+    buffers = _buffer_keys(model, config)
+    missing = sorted(set(expected) - set(saved.state) - buffers)
     extra = sorted(set(saved.state) - set(expected))
     wrong = [k for k in expected if k in saved.state and tuple(saved.state[k].shape) != expected[k]]
     if missing or extra or wrong:
@@ -325,7 +388,9 @@ def _loading_problems(model: nn.Module, saved: SavedAdapter, adapter_name: str) 
             f"{[(k, tuple(saved.state[k].shape), expected[k]) for k in wrong[:5]]}"
         )
     problems += [
-        f"{k} is {t.dtype}, not a floating-point tensor" for k, t in saved.state.items() if not t.is_floating_point()
+        f"{k} is {t.dtype}, not a floating-point tensor"
+        for k, t in saved.state.items()
+        if k not in buffers and not t.is_floating_point()
     ]
     if adapter_name in adapter_configs(model):  # replace the values of an adapter of the same shapes
         have = {n for n, layer in layers.items() if adapter_name in layer.more}
@@ -371,35 +436,50 @@ def _loading_problems(model: nn.Module, saved: SavedAdapter, adapter_name: str) 
 def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = DEFAULT_ADAPTER) -> nn.Module:
     """Load the adapter saved in folder ``path`` into ``model`` as ``adapter_name``.
 
-    ``model``: a base model (the adapter is applied), or one with adapters: a new name adds one,
-    the name of an adapter of the same shapes replaces its values. The loaded adapter becomes
-    active. Everything is checked before the model is touched (see the module doc); a problem
-    raises ``ValueError`` naming it and leaves the model as it was. Returns ``model``.
+    ``model``: a base model (the adapter is applied to exactly the layers it was saved from), or
+    one with adapters: a new name adds one, the name of an adapter of the same shapes replaces its
+    values (and its dropout). The loaded adapter becomes active. Everything is checked before the
+    model is touched (see the module doc); a problem raises ``ValueError`` naming it and leaves
+    the model as it was. Returns ``model``.
     """
     outer, model = model, unwrap_model(model)
+    check_adapter_name(adapter_name)
     saved = read_adapter(path)
     problems = _loading_problems(model, saved, adapter_name)
     if problems:
         raise ValueError(f"cannot load the adapter in {str(path)!r}: " + "; ".join(problems))
+    _load_checked(model, saved, adapter_name)
+    set_adapter(model, adapter_name)
+    return outer
+
+
+def _load_checked(model: nn.Module, saved: SavedAdapter, adapter_name: str) -> None:
+    """Put ``saved`` (checked by :func:`_loading_problems`) into ``model`` as ``adapter_name``."""
     config = saved.config
-    configs = adapter_configs(model)
-    if adapter_name not in configs:
-        fresh = dataclasses.replace(
-            config,
-            target_modules=list(config.target_shapes),
-            exclude_modules=None,
-            modules_to_save=list(config.resolved_modules_to_save),
-        )
+    if adapter_name not in adapter_configs(model):
         init_factors = {
             name: (saved.state[f"{name}.init_blkdiag1"], saved.state[f"{name}.init_blkdiag2"])
             for name in config.target_shapes
             if f"{name}.init_blkdiag1" in saved.state
         }
-        _add_adapter(model, adapter_name, fresh, stacklevel=3, init_factors=init_factors)
+        _add_adapter(
+            model,
+            adapter_name,
+            config,
+            4,
+            init_factors,
+            targets=list(config.target_shapes),  # exactly the saved layers (names, not patterns)
+            modules_to_save=list(config.resolved_modules_to_save),
+        )
     configs = dict(adapter_configs(model))
     configs[adapter_name] = dataclasses.replace(config)
     setattr(model, CONFIGS_ATTR, configs)
     layers, wrappers = more_layers(model), saved_modules(model)
+    copies = {
+        m: w.modules_to_save[adapter_name].state_dict()
+        for m, w in wrappers.items()
+        if adapter_name in w.modules_to_save
+    }
     with torch.no_grad():
         for key, tensor in saved.state.items():
             owner, _, leaf = key.rpartition(".")
@@ -408,23 +488,37 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
             if owner in layers and leaf in ("blkdiag1", "blkdiag2"):
                 target = getattr(layers[owner].more[adapter_name], leaf)
             else:
-                mod_name = next(m for m in wrappers if key.startswith(m + "."))
-                target = wrappers[mod_name].modules_to_save[adapter_name].get_parameter(key[len(mod_name) + 1 :])
+                mod_name = next(m for m in copies if key.startswith(m + "."))
+                target = copies[mod_name][key[len(mod_name) + 1 :]]  # shares the copy's storage
             target.copy_(shard_like(tensor.to(device=target.device, dtype=target.dtype), target))
-        for layer in layers.values():
-            if adapter_name in layer.more_dropout and isinstance(layer.more_dropout[adapter_name], nn.Dropout):
-                layer.more_dropout[adapter_name].p = config.dropout
-    set_adapter(model, adapter_name)
-    return outer
+    for layer in layers.values():  # the saved dropout, also where the model's adapter had another
+        if adapter_name in layer.more_dropout:
+            dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+            layer.more_dropout[adapter_name] = dropout.train(layer.training)
+            layer.dropout_position[adapter_name] = config.dropout_position
 
 
 def saved_adapter_names(path: str | os.PathLike) -> list[str]:
-    """The adapters saved under ``path``: ``"default"`` if the folder itself holds one, then every
-    subfolder that holds one (PEFT's layout)."""
+    """The adapters saved under ``path``: those its ``structmat_adapters.json`` lists (the last
+    save into it, see the module doc); for a folder without one (saved before it existed, or
+    assembled by hand), ``"default"`` if the folder itself holds an adapter, then every subfolder
+    that holds one (PEFT's layout), whose names must then be valid adapter names."""
     path = Path(path)
+    manifest = _read_manifest(path)
+    if manifest is not None:
+        return list(manifest["adapters"])
     names = [DEFAULT_ADAPTER] if (path / WEIGHTS_NAME).is_file() else []
     if path.is_dir():
-        names += sorted(p.name for p in path.iterdir() if p.is_dir() and (p / WEIGHTS_NAME).is_file())
+        subfolders = sorted(p.name for p in path.iterdir() if p.is_dir() and (p / WEIGHTS_NAME).is_file())
+        for name in subfolders:
+            try:
+                check_adapter_name(name)
+            except ValueError as err:
+                raise ValueError(
+                    f"{str(path / name)!r} holds an adapter, but its folder name is no adapter name ({err}); "
+                    f"move it out of {str(path)!r}, or load the adapters one by one with load_adapter"
+                ) from None
+        names += subfolders
     return names
 
 
@@ -432,21 +526,30 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load every adapter saved under ``path`` (:func:`saved_adapter_names`), each under its name.
 
     The adapter active before stays active when it is among them; otherwise ``"default"`` (or
-    the first) becomes active. All of them are read and checked before the model changes."""
+    the first) becomes active. Each adapter is read once; all are checked (and must come from one
+    save) before the model changes, and what was checked is what is loaded."""
     outer, model = model, unwrap_model(model)
+    path = Path(path)
     names = saved_adapter_names(path)
     if not names:
-        _foreign_config_error(Path(path))
-        raise _missing_weights_error(Path(path))
-    before = getattr(model, ACTIVE_ATTR, None)
-    for name in names:  # check every one first: a problem with the second must not leave the first loaded
-        saved = read_adapter(adapter_folder(path, name))
-        problems = _loading_problems(model, saved, name)
+        _foreign_config_error(path)
+        raise _missing_weights_error(path)
+    saved = {name: read_adapter(adapter_folder(path, name)) for name in names}
+    save_ids = {s.save_id for s in saved.values()}
+    if len(save_ids) > 1:
+        raise ValueError(
+            f"the adapters in {str(path)!r} come from different saves ("
+            + ", ".join(f"{n}: {s.save_id or 'unknown'}" for n, s in saved.items())
+            + "): a save into it stopped half way, or is running now; save again, or load_adapter one of them"
+        )
+    for name, one in saved.items():  # check every one first: a problem with the second must not leave the first loaded
+        problems = _loading_problems(model, one, name)
         if problems:
-            raise ValueError(f"cannot load the adapter in {str(saved.path)!r}: " + "; ".join(problems))
-    for name in names:
-        load_adapter(model, adapter_folder(path, name), adapter_name=name)
-    set_adapter(model, before if before in names else names[0])
+            raise ValueError(f"cannot load the adapter in {str(one.path)!r}: " + "; ".join(problems))
+    before = getattr(model, ACTIVE_ATTR, None)
+    for name, one in saved.items():
+        _load_checked(model, one, name)
+    set_adapter(model, before if before in names else (DEFAULT_ADAPTER if DEFAULT_ADAPTER in names else names[0]))
     return outer
 
 
@@ -484,6 +587,7 @@ def from_pretrained(path: str | os.PathLike, **model_kwargs) -> nn.Module:
 
 __all__ = [
     "CONFIG_NAME",
+    "MANIFEST_NAME",
     "WEIGHTS_NAME",
     "SavedAdapter",
     "adapter_state_dict",

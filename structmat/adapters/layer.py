@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..monarch import Monarch, Path, select_path
 from ..monarch.fit import fit_monarch
@@ -21,9 +22,13 @@ def base_shape(base: nn.Module) -> tuple[int, int]:
 
 
 def check_adapter_name(name: object) -> str:
-    """An adapter name is a non-empty string without dots (it becomes a ``ModuleDict`` key)."""
-    if not isinstance(name, str) or not name or "." in name:
-        raise ValueError(f"adapter_name must be a non-empty string without '.', got {name!r}")
+    """An adapter name is a non-empty string without ``.``, ``/`` or ``\\`` (it becomes a
+    ``ModuleDict`` key and a folder name when saved) and not an attribute of ``nn.ModuleDict``
+    (``"update"``, ``"keys"``, ``"train"``, ``"to"``, ...: the dict cannot hold those keys)."""
+    if not isinstance(name, str) or not name or any(c in name for c in "./\\"):
+        raise ValueError(f"adapter_name must be a non-empty string without '.', '/' or '\\\\', got {name!r}")
+    if hasattr(nn.ModuleDict(), name):  # an instance: "training" too
+        raise ValueError(f"adapter_name {name!r} is an attribute of nn.ModuleDict (it cannot be a key); choose another")
     return name
 
 
@@ -89,7 +94,8 @@ class MoReLinear(nn.Module):
     Adapters live in ``more`` (an ``nn.ModuleDict``: parameters ``more.<name>.blkdiag1``); the
     active one is :attr:`monarch`. ``merge()`` folds the active adapter's ``ΔW`` into a new base
     weight and keeps the original weight (the same ``Parameter``, so a weight tied to other
-    modules stays tied and untouched) until ``unmerge()`` puts it back, bit for bit.
+    modules stays tied and untouched) until ``unmerge()`` puts it back, bit for bit. A
+    parametrized base weight (``weight_norm``, ...) gets ``ΔW`` as one more parametrization.
 
     For a plain ``nn.Linear`` base (no hooks, no dropout, one dtype, small middle width, no
     Triton) the base and the update run as one autograd node (the expanded path with the base,
@@ -250,9 +256,11 @@ class MoReLinear(nn.Module):
     def merge(self, safe_merge: bool = False) -> None:
         """Use ``W + ΔW`` (active adapter) as the base weight; ``safe_merge`` checks it is finite.
 
-        The merged weight is a new ``Parameter``; the original one is kept (registered as
-        ``unmerged_weight``, so ``.to()`` moves it) and never written to, so a weight shared
-        with other modules (tied embeddings) stays as it was for them.
+        The merged weight is a new ``Parameter``; the original one is kept aside (not registered:
+        the parameter count and ``state_dict()`` keys stay as they were; ``.to()`` moves it along)
+        and never written to, so a weight shared with other modules (tied embeddings) stays as it
+        was for them. A parametrized weight (``weight_norm``) gets ``+ ΔW`` appended to its
+        parametrizations instead, its own parameters untouched.
 
         On a model sharded with FSDP2 (``fully_shard``) every process must call this. FSDP owns
         the weight ``Parameter`` there, so each process writes ``W + ΔW`` into its own shard in
@@ -269,8 +277,12 @@ class MoReLinear(nn.Module):
             weight.detach().to_local().copy_(merged.to_local())
             self.merged_adapter = self.active_adapter
             return
-        self.unmerged_weight = weight
-        self.base_layer.weight = nn.Parameter(merged, requires_grad=weight.requires_grad)
+        if parametrize.is_parametrized(self.base_layer, "weight"):
+            delta = AddDelta(self.delta_weight().to(weight.dtype))
+            parametrize.register_parametrization(self.base_layer, "weight", delta)
+        else:
+            self._unmerged = (weight,)  # a tuple: not registered as a parameter of this module
+            self.base_layer.weight = nn.Parameter(merged, requires_grad=weight.requires_grad)
         self.merged_adapter = self.active_adapter
 
     @torch.no_grad()
@@ -283,9 +295,42 @@ class MoReLinear(nn.Module):
             del self.unmerged_shard
             self.merged_adapter = None
             return
-        self.base_layer.weight = self.unmerged_weight
-        del self.unmerged_weight
+        if parametrize.is_parametrized(self.base_layer, "weight") and not hasattr(self, "_unmerged"):
+            del self.base_layer.parametrizations.weight[-1]  # the AddDelta merge() appended
+        else:
+            self.base_layer.weight = self._unmerged[0]
+            del self._unmerged
         self.merged_adapter = None
+
+    @torch.no_grad()
+    def fold_merge(self) -> None:
+        """Make the merge permanent (``merge_and_unload``): a parametrized weight becomes a plain
+        one holding ``W + ΔW``; the kept original is dropped."""
+        if self.merged_adapter is None:
+            return
+        if hasattr(self, "unmerged_shard"):
+            del self.unmerged_shard
+        elif hasattr(self, "_unmerged"):
+            del self._unmerged
+        elif parametrize.is_parametrized(self.base_layer, "weight"):
+            parametrize.remove_parametrizations(self.base_layer, "weight", leave_parametrized=True)
+
+    @property
+    def unmerged_weight(self) -> torch.Tensor:
+        """The original base weight ``Parameter`` while merged (else, and for a parametrized
+        weight, the base weight)."""
+        kept = getattr(self, "_unmerged", None)
+        return kept[0] if kept is not None else self.base_layer.weight
+
+    def _apply(self, fn, recurse=True):
+        """``.to()`` / ``.half()`` / ``.cuda()``: the kept original weight follows the base weight."""
+        super()._apply(fn, recurse)
+        kept = getattr(self, "_unmerged", None)
+        if kept is not None:
+            weight, original = self.base_layer.weight, kept[0]
+            if original.device != weight.device or original.dtype != weight.dtype:
+                original.data = original.data.to(device=weight.device, dtype=weight.dtype)
+        return self
 
     @property
     def merged(self) -> bool:
@@ -293,3 +338,14 @@ class MoReLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"active_adapter={self.active_adapter!r}, merged={self.merged}, disabled={self.disabled}"
+
+
+class AddDelta(nn.Module):
+    """The parametrization ``W -> W + delta``: a merged adapter on a parametrized weight."""
+
+    def __init__(self, delta: torch.Tensor):
+        super().__init__()
+        self.register_buffer("delta", delta, persistent=False)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.delta

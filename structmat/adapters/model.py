@@ -25,6 +25,7 @@ from .targets import TargetSpec, candidate_modules, resolve_modules_to_save, res
 
 CONFIGS_ATTR = "structmat_more_configs"
 ACTIVE_ATTR = "structmat_active_adapter"
+DISABLED_ATTR = "structmat_adapters_disabled"  # True inside ``with disable_adapter(model)``
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -73,7 +74,7 @@ def apply_more(
     Every parameter is frozen; each targeted linear layer (``nn.Linear`` or ``Conv1D``) is
     replaced by a :class:`MoReLinear` whose Monarch update starts at zero, so the adapted
     model computes exactly what the base model did. ``modules_to_save`` ("auto": the
-    classifier head of a sequence-classification model) are trained as copies, the originals
+    task head of a classification or question-answering model) are trained as copies, the originals
     kept for :func:`disable_adapter`. Trainable parameters: ``rank * (in + out)`` per target
     (``nblocks`` dividing both sizes). ``config`` (a :class:`MoReConfig`) replaces the
     keyword settings and is not modified. More adapters: :func:`add_adapter`.
@@ -106,6 +107,7 @@ def add_adapter(model: nn.Module, adapter_name: str, config: MoReConfig) -> nn.M
     of a model becomes active, later ones stay inactive (and frozen) until :func:`set_adapter`.
 
     Everything is checked before the model changes: the name, the targets, every layer's shapes.
+    Inside ``with disable_adapter(model)`` the new adapter's layers are disabled too.
     """
     return _add_adapter(model, adapter_name, config, stacklevel=3)
 
@@ -116,8 +118,13 @@ def _add_adapter(
     config: MoReConfig,
     stacklevel: int,
     init_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    *,
+    targets: list[str] | None = None,
+    modules_to_save: list[str] | None = None,
 ) -> nn.Module:
-    """``init_factors``: for ``init="projection"``, each layer's saved ``M`` instead of a new fit."""
+    """``init_factors``: for ``init="projection"``, each layer's saved ``M`` instead of a new fit.
+    ``targets`` / ``modules_to_save``: exact module names (what a saved adapter was applied to),
+    instead of resolving the config's patterns."""
     if not isinstance(config, MoReConfig):
         raise TypeError(f"config must be a MoReConfig, got {type(config).__name__}")
     check_adapter_name(adapter_name)
@@ -127,8 +134,10 @@ def _add_adapter(
         raise ValueError(f"model already has an adapter named {adapter_name!r}; delete_adapter() it first")
     if any(layer.merged for layer in more_layers(model).values()):
         raise ValueError("model has a merged adapter; unmerge() it before adding another")
-    saved = resolve_modules_to_save(model, config.modules_to_save)
-    targets = resolve_targets(model, config.target_modules, config.exclude_modules, saved)
+    saved = modules_to_save if modules_to_save is not None else resolve_modules_to_save(model, config.modules_to_save)
+    _check_modules_to_save(model, saved)
+    if targets is None:
+        targets = resolve_targets(model, config.target_modules, config.exclude_modules, saved)
     projection = config.init == "projection"
     projected = [n for n, c in configs.items() if c.init == "projection"]
     if projection and configs:
@@ -169,6 +178,9 @@ def _add_adapter(
     if first:
         for p in model.parameters():
             p.requires_grad_(False)
+        if callable(getattr(type(model), "save_pretrained", None)):
+            model.save_pretrained = _refuse_save_pretrained  # an instance attribute; removed by unload
+    disabled = bool(getattr(model, DISABLED_ATTR, False))
     for name, update in updates.items():
         layer = model.get_submodule(name)
         if isinstance(layer, MoReLinear):
@@ -181,13 +193,16 @@ def _add_adapter(
                 layer, dropout=config.dropout, adapter_name=adapter_name, monarch=update,
                 dropout_position=config.dropout_position, projection=projection,
             )  # fmt: skip
+            wrapper.disabled = disabled
             _set_submodule(model, name, wrapper)
     for name in saved:
         module = model.get_submodule(name)
         if isinstance(module, ModulesToSaveWrapper):
             module.add_adapter(adapter_name)
         else:
-            _set_submodule(model, name, ModulesToSaveWrapper(module, adapter_name))
+            wrapper = ModulesToSaveWrapper(module, adapter_name)
+            wrapper.disabled = disabled
+            _set_submodule(model, name, wrapper)
     model_config = getattr(model, "config", None)
     configs[adapter_name] = dataclasses.replace(
         config,
@@ -206,6 +221,33 @@ def _add_adapter(
         setattr(model, ACTIVE_ATTR, adapter_name)
     set_adapter(model, getattr(model, ACTIVE_ATTR))  # the active adapter alone is trainable
     return outer
+
+
+def _check_modules_to_save(model: nn.Module, saved: list[str]) -> None:
+    """A module to save is copied per adapter: it must not hold another adapter's layers (their
+    copies would be saved under wrapper-internal names that no model has)."""
+    for name in saved:
+        module = model.get_submodule(name)
+        if isinstance(module, ModulesToSaveWrapper):
+            continue
+        inside = [n for n, m in module.named_modules() if isinstance(m, (MoReLinear, ModulesToSaveWrapper))]
+        if inside:
+            where = ", ".join(repr(f"{name}.{n}" if n else name) for n in inside[:3])
+            raise ValueError(
+                f"modules_to_save entry {name!r} contains adapter layers ({where}) of another adapter; "
+                f"save a module without them, or exclude those layers from that adapter's target_modules"
+            )
+
+
+def _refuse_save_pretrained(*args, **kwargs):
+    """``model.save_pretrained`` of a model carrying MoRe adapters (see :func:`apply_more`)."""
+    raise ValueError(
+        "this model carries MoRe adapters: save_pretrained would write its weights under the adapter layers' "
+        "names, and from_pretrained would re-initialise those layers. Save the adapter with "
+        "structmat.adapters.save_adapter(model, path) (load it with load_adapter or from_pretrained), or a plain "
+        "merged model with merge_and_unload(model).save_pretrained(path); train with MoReTrainer, whose "
+        "checkpoints hold the adapter"
+    )
 
 
 def _base_of(layer: nn.Module) -> nn.Module:
@@ -229,19 +271,26 @@ def _task_type(model: nn.Module) -> str | None:
     return next((t for suffix, t in _TASK_TYPES.items() if type(model).__name__.endswith(suffix)), None)
 
 
+def _storage_key(t: torch.Tensor) -> tuple[str, int]:
+    """What tied tensors have in common: their storage, or (meta tensors, which have none, and
+    empty ones) the tensor object itself."""
+    ptr = 0 if t.device.type == "meta" else t.untyped_storage().data_ptr()
+    return ("storage", ptr) if ptr else ("object", id(t))
+
+
 def _shared_weight_owners(model: nn.Module, targets: list[str]) -> dict[str, list[str]]:
     """For each target whose weight shares storage with a parameter of another module: those
     modules' names."""
-    owners: dict[int, list[str]] = {}
+    owners: dict[tuple[str, int], list[str]] = {}
     for name, module in candidate_modules(model):
         for p in module.parameters(recurse=False):
-            owners.setdefault(p.untyped_storage().data_ptr(), []).append(name)
+            owners.setdefault(_storage_key(p), []).append(name)
         if isinstance(module, MoReLinear):  # its base layer's weight, under the wrapper's name
-            owners.setdefault(module.base_layer.weight.untyped_storage().data_ptr(), []).append(name)
+            owners.setdefault(_storage_key(module.base_layer.weight), []).append(name)
     shared = {}
     for name in targets:
         weight = _base_of(model.get_submodule(name)).weight
-        others = [o for o in owners.get(weight.untyped_storage().data_ptr(), []) if o != name]
+        others = [o for o in owners.get(_storage_key(weight), []) if o != name]
         if others:
             shared[name] = list(dict.fromkeys(others))
     return shared
@@ -298,15 +347,18 @@ def set_adapter(model: nn.Module, adapter_name: str) -> nn.Module:
 
 
 def delete_adapter(model: nn.Module, adapter_name: str) -> nn.Module:
-    """Remove ``adapter_name``'s weights and config. Deleting the last adapter is :func:`unload`."""
+    """Remove ``adapter_name``'s weights, its copies of the modules to save and its config.
+
+    Deleting the last adapter gives the base model back, the original modules to save included
+    (unlike :func:`unload`, which keeps the active adapter's trained copies)."""
     model = unwrap_model(model)
     _require_name(model, adapter_name)
     configs = dict(adapter_configs(model))
-    if len(configs) == 1:
-        return unload(model)
     layers = more_layers(model)
     if any(layer.merged_adapter == adapter_name for layer in layers.values()):
         raise ValueError(f"adapter {adapter_name!r} is merged into the weights; unmerge() it first")
+    if len(configs) == 1:
+        return _remove_adapters(model, merge_first=False, trained_copies=False)
     for layer in layers.values():
         if adapter_name in layer.more:
             layer.delete_adapter(adapter_name)
@@ -350,9 +402,12 @@ def print_trainable_parameters(model: nn.Module) -> None:
 def merge(model: nn.Module, safe_merge: bool = False) -> nn.Module:
     """Fold the active adapter's ``ΔW`` into every adapted layer (reversible with :func:`unmerge`).
 
-    A base weight tied to other modules is not written to: the layer gets a merged copy.
+    A base weight tied to other modules is not written to: the layer gets a merged copy. Refused
+    inside ``with disable_adapter(model)`` (the block computes the base model; a merge there would
+    make it compute neither that nor the adapted model).
     """
     layers = require_adapter(model)
+    _require_enabled(model, "merge")
     if safe_merge:  # check all before changing any
         for name, layer in layers.items():
             if layer.merged or layer.active_adapter not in layer.more:
@@ -375,7 +430,8 @@ def unmerge(model: nn.Module) -> nn.Module:
 def unload(model: nn.Module) -> nn.Module:
     """Remove the adapter layers without merging (the base model again); assign the result.
 
-    The modules to save keep the active adapter's trained copy.
+    The modules to save keep the active adapter's trained copy (as PEFT's ``unload``); to get
+    the original modules back, :func:`delete_adapter` every adapter.
     """
     return _remove_adapters(model, merge_first=False)
 
@@ -386,13 +442,25 @@ def merge_and_unload(model: nn.Module, safe_merge: bool = False) -> nn.Module:
 
     Where a merged layer's weight was tied to another module (``lm_head`` and the input
     embeddings), the merged model has them untied and its config says so
-    (``tie_word_embeddings=False``), so that it saves and loads as what it computes.
+    (``tie_word_embeddings=False``), so that it saves and loads as what it computes. A
+    parametrized weight (``weight_norm``, ...) becomes a plain weight holding ``W + ΔW``.
+    Refused inside ``with disable_adapter(model)`` (see :func:`merge`).
     """
     merge(model, safe_merge=safe_merge)
     return _remove_adapters(model, merge_first=True)
 
 
-def _remove_adapters(model: nn.Module, merge_first: bool) -> nn.Module:
+def _require_enabled(model: nn.Module, what: str) -> None:
+    if getattr(unwrap_model(model), DISABLED_ATTR, False):
+        raise ValueError(
+            f"{what} inside `with disable_adapter(model)`: the model computes the base model there; "
+            f"{what} after the block"
+        )
+
+
+def _remove_adapters(model: nn.Module, merge_first: bool, trained_copies: bool = True) -> nn.Module:
+    """Put the base layers back (merged or not); the modules to save become the active adapter's
+    trained copies (``trained_copies``) or the originals."""
     outer, model = model, unwrap_model(model)
     layers = require_adapter(model)
     tied_before = _tied_embeddings(model)
@@ -401,12 +469,17 @@ def _remove_adapters(model: nn.Module, merge_first: bool) -> nn.Module:
             layer.unmerge()
             for adapter in list(layer.more_init):
                 layer.restore_base_weight(adapter)
+        elif layer.merged:
+            layer.fold_merge()
         _set_submodule(model, name, layer.base_layer)
     for name, wrapper in saved_modules(model).items():
-        _set_submodule(model, name, wrapper.active_module)
-    for attr in (CONFIGS_ATTR, ACTIVE_ATTR):
+        copies, active = wrapper.modules_to_save, wrapper.active_adapter
+        keep = copies[active] if trained_copies and active in copies else wrapper.original_module
+        _set_submodule(model, name, keep)
+    for attr in (CONFIGS_ATTR, ACTIVE_ATTR, DISABLED_ATTR):
         if hasattr(model, attr):
             delattr(model, attr)
+    model.__dict__.pop("save_pretrained", None)  # the refusal set by apply_more
     if tied_before and not _tied_embeddings(model):
         _untie_config(model)
     return outer
@@ -451,16 +524,24 @@ def _untie_config(model: nn.Module) -> None:
 @contextlib.contextmanager
 def disable_adapter(model: nn.Module) -> Iterator[nn.Module]:
     """``with disable_adapter(model): ...`` computes the base model's outputs: no Monarch update,
-    and the original of every module to save (a classifier head)."""
-    layers = require_adapter(model)
-    wrappers = saved_modules(model)
+    and the original of every module to save (a classifier head).
+
+    Inside the block, adapters added (:func:`add_adapter`, :func:`load_adapter`) are disabled too,
+    and :func:`merge` / :func:`merge_and_unload` are refused."""
+    inner = unwrap_model(model)
+    layers = require_adapter(inner)
+    wrappers = saved_modules(inner)
     if any(layer.merged for layer in layers.values()):
         raise ValueError("disable_adapter on a merged model: unmerge() it first")
-    previous = [(m, m.disabled) for m in (*layers.values(), *wrappers.values())]
-    for module, _ in previous:
+    was_disabled = bool(getattr(inner, DISABLED_ATTR, False))
+    previous = {id(m): (m, m.disabled) for m in (*layers.values(), *wrappers.values())}
+    for module in (*layers.values(), *wrappers.values()):
         module.disabled = True
+    setattr(inner, DISABLED_ATTR, True)
     try:
         yield model
     finally:
-        for module, state in previous:
-            module.disabled = state
+        for module in (*more_layers(inner).values(), *saved_modules(inner).values()):
+            module.disabled = previous[id(module)][1] if id(module) in previous else was_disabled  # added inside
+        if adapter_configs(inner):
+            setattr(inner, DISABLED_ATTR, was_disabled)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable
 
 from torch import nn
@@ -35,8 +36,9 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "t5": ["q", "v"],
 }
 
-# The heads a sequence-classification model needs trained (PEFT's SEQ_CLS modules_to_save).
-CLASSIFIER_HEADS = ("classifier", "score")
+# The heads a task model needs trained (PEFT's modules_to_save for SEQ_CLS / TOKEN_CLS: classifier,
+# score; QUESTION_ANS: qa_outputs): randomly initialised on a pretrained encoder.
+CLASSIFIER_HEADS = ("classifier", "score", "qa_outputs")
 
 TargetSpec = str | Iterable[str] | None
 
@@ -74,6 +76,18 @@ def linear_layer_names(model: nn.Module) -> list[str]:
     return [name for name, mod in candidate_modules(model) if is_linear(mod) or isinstance(mod, more_linear)]
 
 
+def not_adaptable(model: nn.Module, name: str) -> str | None:
+    """Why the linear layer ``name`` cannot be wrapped (its owner reads its weight instead of
+    calling it, so a wrapper would be skipped or break the owner), or ``None``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if isinstance(parent, nn.MultiheadAttention):
+        return "nn.MultiheadAttention never calls its out_proj (it reads out_proj.weight)"
+    if isinstance(parent, nn.TransformerEncoderLayer) and child in ("linear1", "linear2"):
+        return "nn.TransformerEncoderLayer's fast path (eval, no grad) reads linear1/2.weight, skipping a wrapper"
+    return None
+
+
 def summarize_names(names: Iterable[str]) -> str:
     """Names with layer numbers folded (``encoder.layer.*.attention.self.query``), deduplicated."""
     folded = dict.fromkeys(re.sub(r"\.\d+(?=\.|$)", ".*", n) for n in names)
@@ -98,7 +112,8 @@ def default_targets(model: nn.Module) -> list[str]:
 
 
 def resolve_modules_to_save(model: nn.Module, modules_to_save: str | Iterable[str] | None) -> list[str]:
-    """``"auto"``: the classifier head(s) of a sequence-classification model, if any."""
+    """``"auto"``: the task head(s) of a classification or question-answering model
+    (:data:`CLASSIFIER_HEADS`), if any."""
     if modules_to_save is None:
         return []
     if modules_to_save == "auto":
@@ -150,6 +165,19 @@ def resolve_targets(
                 )
     if exclude_modules is not None:
         chosen = [n for n in chosen if not _matches(n, exclude_modules)]
+    blocked = {n: why for n in chosen if (why := not_adaptable(model, n)) is not None}
+    if blocked and target_modules != "all-linear":
+        raise ValueError(
+            "target_modules matches layers that cannot be adapted: "
+            + "; ".join(f"{n!r}: {why}" for n, why in blocked.items())
+            + " (leave them out with exclude_modules)"
+        )
+    if blocked:
+        warnings.warn(
+            f"'all-linear' leaves out {summarize_names(blocked)}: {next(iter(blocked.values()))}",
+            stacklevel=4,
+        )
+        chosen = [n for n in chosen if n not in blocked]
     if not chosen:
         raise ValueError(
             f"target_modules={target_modules!r} matched no linear layer; the model's linear "

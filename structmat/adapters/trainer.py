@@ -23,13 +23,23 @@ from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .io import load_adapters, save_adapter
+from .model import adapter_configs
 
 
 class MoReTrainer(Trainer):
     """``Trainer`` whose checkpoints hold the MoRe adapters only (see the module doc).
 
-    Use it as the ``Trainer``: ``MoReTrainer(model=apply_more(model, ...), args=..., ...)``.
+    Use it as the ``Trainer``: ``MoReTrainer(model=apply_more(model, ...), args=..., ...)``. A model
+    without a MoRe adapter is refused up front (its checkpoints would hold nothing).
     """
+
+    def __init__(self, model=None, *args, **kwargs):
+        if model is not None and not adapter_configs(model):
+            raise ValueError(
+                f"MoReTrainer needs a model with a MoRe adapter (apply_more or load_adapter first); "
+                f"{type(model).__name__} has none. For full fine-tuning use transformers.Trainer"
+            )
+        super().__init__(model, *args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir

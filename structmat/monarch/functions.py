@@ -5,6 +5,12 @@ Both Functions take ``save_middle``: keep the middle activations ``(n, k*q)`` fo
 keep only the input and recompute the middle there (one extra small product). An adapter wants
 the latter: its input is kept by the frozen layer anyway, so it then stores nothing of its own
 (less than LoRA, which also keeps ``A @ x``).
+
+The Functions are written in the ``forward`` + ``setup_context`` form with a generated vmap rule,
+so ``torch.func`` (``grad``, ``vmap``, ``functional_call``: per-sample gradients) works through
+them. ``forward`` returns ``(y, middle)``; the middle is an intermediate for backward, marked
+non-differentiable, and callers use ``y`` (:func:`.multiply.run_path`). Autocast is handled at
+that boundary: the inputs are cast to the autocast dtype there and the Functions run in one dtype.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ class ExpandedFunction(torch.autograd.Function):
     The base weight and bias get gradients when they require them; the input gradient of base
     and update is one buffer (``g @ W`` with ``g_h @ R`` added in place)."""
 
+    generate_vmap_rule = True
+
     @staticmethod
     def forward(
-        ctx,
         x: torch.Tensor,  # (..., k*p)
         blkdiag1: torch.Tensor,  # (k, q, p)
         blkdiag2: torch.Tensor,  # (l, s, r)
@@ -37,7 +44,7 @@ class ExpandedFunction(torch.autograd.Function):
         weight: torch.Tensor | None,  # (l*s, k*p): a base nn.Linear's weight, or None
         bias: torch.Tensor | None,  # (l*s,) or None
         save_middle: bool,
-    ) -> torch.Tensor:  # (..., l*s)
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # (..., l*s), the middle (n, k*q)
         x2 = _rows(x)  # (n, k*p)
         R, Lt = expand_factors(blkdiag1, blkdiag2)
         h = x2 @ R.T  # (n, k*q)
@@ -47,12 +54,18 @@ class ExpandedFunction(torch.autograd.Function):
             y = torch.addmm(_rows(add), h, Lt)
         else:
             y = h @ Lt
-        ctx.save_for_backward(x2, blkdiag1, blkdiag2, weight, h if save_middle else None)
-        ctx.x_shape = x.shape
-        return y.reshape(*x.shape[:-1], y.shape[-1])
+        return y.reshape(*x.shape[:-1], y.shape[-1]), h
 
     @staticmethod
-    def backward(ctx, grad_y: torch.Tensor):  # (..., l*s)
+    def setup_context(ctx, inputs, output) -> None:
+        x, blkdiag1, blkdiag2, _, weight, _, save_middle = inputs
+        h = output[1]
+        ctx.mark_non_differentiable(h)
+        ctx.save_for_backward(_rows(x), blkdiag1, blkdiag2, weight, h if save_middle else None)
+        ctx.x_shape = x.shape
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor, _grad_h: torch.Tensor | None):  # (..., l*s)
         x2, w1, w2, weight, h = ctx.saved_tensors
         need_x, need_w1, need_w2, need_add, need_weight, need_bias, _ = ctx.needs_input_grad
         g = _rows(grad_y)  # (n, l*s)
@@ -76,15 +89,16 @@ class BmmFunction(torch.autograd.Function):
     """``add + x @ M.T`` block-major: ``(k, n, p) @ blkdiag1.T``, the middle permuted to
     ``(l, n, r)``, ``@ blkdiag2.T``, the output interleaved (unbatched factors, no padding)."""
 
+    generate_vmap_rule = True
+
     @staticmethod
     def forward(
-        ctx,
         x: torch.Tensor,  # (..., k*p)
         blkdiag1: torch.Tensor,  # (k, q, p)
         blkdiag2: torch.Tensor,  # (l, s, r)
         add: torch.Tensor | None,  # (..., l*s) or None
         save_middle: bool,
-    ) -> torch.Tensor:  # (..., l*s)
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # (..., l*s), the middle (l, n, r)
         k, q, p = blkdiag1.shape
         l, s, r = blkdiag2.shape
         x2 = _rows(x)
@@ -92,12 +106,18 @@ class BmmFunction(torch.autograd.Function):
         y = torch.bmm(h2, blkdiag2.transpose(1, 2)).permute(1, 2, 0)  # (n, s, l): output e*l + d
         if add is not None:  # the add makes the permuted copy
             y = _rows(add).reshape(-1, s, l) + y
-        ctx.save_for_backward(x2, blkdiag1, blkdiag2, h2 if save_middle else None)
-        ctx.x_shape = x.shape
-        return y.reshape(*x.shape[:-1], s * l)
+        return y.reshape(*x.shape[:-1], s * l), h2
 
     @staticmethod
-    def backward(ctx, grad_y: torch.Tensor):  # (..., l*s)
+    def setup_context(ctx, inputs, output) -> None:
+        x, blkdiag1, blkdiag2, _, save_middle = inputs
+        h2 = output[1]
+        ctx.mark_non_differentiable(h2)
+        ctx.save_for_backward(_rows(x), blkdiag1, blkdiag2, h2 if save_middle else None)
+        ctx.x_shape = x.shape
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor, _grad_h2: torch.Tensor | None):  # (..., l*s)
         x2, w1, w2, h2 = ctx.saved_tensors
         need_x, need_w1, need_w2, need_add, _ = ctx.needs_input_grad
         k, q, p = w1.shape

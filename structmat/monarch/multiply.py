@@ -41,16 +41,40 @@ def run_path(
     bias: torch.Tensor | None = None,
     save_middle: bool = True,
 ) -> torch.Tensor:
-    """``add + x @ M.T`` (or ``x @ weight.T + bias + x @ M.T``) on ``path``."""
-    if path is Path.EXPANDED_WITH_BASE:
-        return ExpandedFunction.apply(x, blkdiag1, blkdiag2, None, weight, bias, save_middle)
-    if path is Path.EXPANDED:
-        return ExpandedFunction.apply(x, blkdiag1, blkdiag2, add, None, None, save_middle)
-    if path is Path.BMM:
-        return BmmFunction.apply(x, blkdiag1, blkdiag2, add, save_middle)
+    """``add + x @ M.T`` (or ``x @ weight.T + bias + x @ M.T``) on ``path``.
+
+    Under ``torch.autocast`` the Functions' inputs are cast to the autocast dtype (as autocast does
+    for a matmul, and ``torch.amp.custom_fwd(cast_inputs=...)`` for a Function) and the Functions
+    run with autocast off: forward and backward each in one dtype, and the casts' backward gives
+    every float32 factor a float32 gradient."""
+    if path in (Path.EXPANDED_WITH_BASE, Path.EXPANDED, Path.BMM):
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            x, blkdiag1, blkdiag2, add, weight, bias = (
+                _autocast(t, dtype) for t in (x, blkdiag1, blkdiag2, add, weight, bias)
+            )
+            with torch.autocast(device_type, enabled=False):
+                return _run_function(path, x, blkdiag1, blkdiag2, add, weight, bias, save_middle)
+        return _run_function(path, x, blkdiag1, blkdiag2, add, weight, bias, save_middle)
     if path is Path.TRITON:
         from .triton_kernel import triton_multiply  # lazy: triton is optional
 
         return triton_multiply(x, blkdiag1, blkdiag2, add=add)
     y = multiply_einsum(x, blkdiag1, blkdiag2)
     return y if add is None else add + y
+
+
+def _autocast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """``t`` in ``dtype`` where autocast would cast it (floating point, not float64)."""
+    if t is None or not t.is_floating_point() or t.dtype in (dtype, torch.float64):
+        return t
+    return t.to(dtype)
+
+
+def _run_function(path, x, blkdiag1, blkdiag2, add, weight, bias, save_middle) -> torch.Tensor:
+    if path is Path.EXPANDED_WITH_BASE:
+        return ExpandedFunction.apply(x, blkdiag1, blkdiag2, None, weight, bias, save_middle)[0]
+    if path is Path.EXPANDED:
+        return ExpandedFunction.apply(x, blkdiag1, blkdiag2, add, None, None, save_middle)[0]
+    return BmmFunction.apply(x, blkdiag1, blkdiag2, add, save_middle)[0]

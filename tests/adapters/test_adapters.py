@@ -152,7 +152,9 @@ def test_save_load_reproduces_outputs(arch, tmp_path):
     batch = inputs()
     expected = logits(model, batch)
     save_adapter(model, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "structmat_adapters.json"  # the list of the save's adapters
+    ]  # fmt: skip
     fresh = load_adapter(MODELS[arch](), tmp_path)
     torch.testing.assert_close(logits(fresh, batch), expected, rtol=0, atol=0)
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())

@@ -157,7 +157,7 @@ def test_two_named_adapters_switch_save_and_load(tmp_path):
         torch.testing.assert_close(logits(model, batch), base_out, rtol=0, atol=0)
 
     save_adapter(model, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # named adapters in subfolders, as PEFT
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "structmat_adapters.json"]  # subfolders, as PEFT
     fresh = load_adapters(tiny_bert(), tmp_path)
     assert list_adapters(fresh) == ["a", "b"]
     set_adapter(fresh, "a")

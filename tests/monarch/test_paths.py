@@ -204,13 +204,13 @@ def test_path_functions_gradcheck(save_middle):
     torch.manual_seed(0)
     shapes = ((5, 12), (4, 2, 3), (2, 6, 4), (5, 12), (12, 12), (12,))  # x, blkdiag1, blkdiag2, add, W, b
     x, w1, w2, add, W, b = (torch.randn(*sh, dtype=torch.float64, requires_grad=True) for sh in shapes)
-    assert torch.autograd.gradcheck(lambda *t: ExpandedFunction.apply(*t, None, None, save_middle), (x, w1, w2, add))
+    assert torch.autograd.gradcheck(lambda *t: ExpandedFunction.apply(*t, None, None, save_middle)[0], (x, w1, w2, add))
     assert torch.autograd.gradcheck(
-        lambda *t: ExpandedFunction.apply(*t[:3], None, *t[3:], save_middle), (x, w1, w2, W, b)
+        lambda *t: ExpandedFunction.apply(*t[:3], None, *t[3:], save_middle)[0], (x, w1, w2, W, b)
     )
-    assert torch.autograd.gradcheck(lambda *t: BmmFunction.apply(*t, save_middle), (x, w1, w2, add))
+    assert torch.autograd.gradcheck(lambda *t: BmmFunction.apply(*t, save_middle)[0], (x, w1, w2, add))
     frozen = x.detach()  # only the factors need gradients, as in an adapter's first layer
-    assert torch.autograd.gradcheck(lambda a, c: BmmFunction.apply(frozen, a, c, None, save_middle), (w1, w2))
+    assert torch.autograd.gradcheck(lambda a, c: BmmFunction.apply(frozen, a, c, None, save_middle)[0], (w1, w2))
 
 
 @pytest.mark.parametrize("forced", ["bmm", "expanded"])

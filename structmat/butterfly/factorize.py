@@ -19,8 +19,8 @@ family in :mod:`.permutation`, chosen level by level):
 Both recurse into ``G_0, G_1`` (every block of a level in one batch). The permutation level
 that decides which entries are paired at a depth only changes that depth's pairs (the deeper
 levels act alike on both halves), so the search scores the 64 (input, output) choices of a
-level by that level's residual and keeps a small beam: the choice of the previous level is
-tried first and kept when exact. A matrix of the structure is recovered to rounding error in
+level by that level's residual and keeps the entries that stay exact (with ``shared=True``
+only the top level's choice repeated at every depth). A matrix of the structure is recovered to rounding error in
 ``O(n^2 log n)`` per candidate; any other matrix gives a large error: this is an exact method,
 not a best approximation (the fit measures the error of what it returns and refines it).
 """
@@ -174,7 +174,7 @@ def search(
     T: torch.Tensor,
     nblocks: int,
     shared: bool = True,
-    beam: int = 4,
+    beam: int = 8,
     exact_tol: float = 1e-26,
     seed: int = 0,
     keep: int = 64,
@@ -182,15 +182,18 @@ def search(
     """Closed-form factorizations of ``T`` (n, n) over the permutation family, best first.
 
     ``T`` is used in complex128. Depth 0 scores all 64 (input, output) choices of the top level.
-    With ``shared=True`` every deeper level repeats its entry's top choice (the 64 permutations
-    pairs of Dao et al.'s shared logits) and entries that stop being exact are dropped; else
-    each later depth first tries the previous depth's choice and all 64 only when no beam entry
-    stays exact (accumulated squared residual at most ``exact_tol * ||T||^2``). The ``beam``
-    entries with the smallest residual are kept (with ``shared=True``: up to ``keep``). As soon
-    as no entry is exact the search stops and returns ``None``: ``T`` is not of this structure
-    with a permutation of the family. With a large ``exact_tol`` (above 1e-8: a near miss) the
-    screening keeps the 16 best choices of a level instead of all that pass.
-    Otherwise returns the beam's entries sorted by residual (to be checked by a product).
+    With ``shared=True`` every deeper level repeats its entry's top choice (the 64 permutation
+    pairs of Dao et al.'s shared logits) and up to ``keep`` exact entries are kept; else every
+    entry tries all 64 choices at every depth and the ``beam`` entries with the smallest
+    residual are kept (a choice can be exact at its depth and fail deeper, so several are kept:
+    trying the previous depth's choice first missed 2 of 10 random members at n=128, a beam of
+    4 missed 1 of 12 at n=32, a beam of 8 none of these). Entries that stop being exact
+    (accumulated squared residual above ``exact_tol * ||T||^2``) are dropped. As soon as no
+    entry is exact the search stops and returns ``None``: ``T`` is not of this structure with a
+    permutation of the family, or the beam lost it (ties between exact choices). With a large
+    ``exact_tol`` (above 1e-8: a near miss) the screening keeps the 16 best choices of a level
+    instead of all that pass. Otherwise returns the entries sorted by residual (to be
+    checked by a product).
     """
     if nblocks not in (1, 2):
         raise ValueError(f"nblocks must be 1 or 2 for the closed form, got {nblocks}")
@@ -214,13 +217,17 @@ def search(
                 combos = torch.cartesian_prod(torch.arange(8, device=dev), torch.arange(8, device=dev))  # (64, 2)
                 parent = torch.arange(E, device=dev).repeat_interleave(64)
                 combo = combos.repeat(E, 1)
-            else:
+            elif shared:  # every deeper level repeats the entry's top choice
                 prev = (
                     (in_ch[:, -1] * torch.tensor([4, 2, 1], device=dev)).sum(-1),
                     (out_ch[:, -1] * torch.tensor([4, 2, 1], device=dev)).sum(-1),
                 )
                 parent = torch.arange(E, device=dev)
                 combo = torch.stack(prev, -1)
+            else:  # every choice for every entry: a choice exact at this depth may fail deeper
+                combos = torch.cartesian_prod(torch.arange(8, device=dev), torch.arange(8, device=dev))
+                parent = torch.arange(E, device=dev).repeat_interleave(64)
+                combo = combos.repeat(E, 1)
         else:
             parent = torch.arange(E, device=dev)
             combo = None
@@ -228,29 +235,11 @@ def search(
         parent = parent[kept]
         combo = combo[kept] if combo is not None else None
         acc = residual[parent] + res_new
-        if shared:
-            good = acc <= exact_tol * total
-            parent, acc, G_new = parent[good], acc[good], G_new[good]
-            tw_new = [t[good] for t in tw_new]
-            combo = combo[good] if combo is not None else None
-            if not len(parent):
-                return None
-        if s > 2 and depth > 0 and not shared:
-            inexact = acc > exact_tol * total
-            if bool(inexact.all()):  # no entry stays exact with its choice: try every choice
-                bad = torch.nonzero(inexact).flatten()
-                combos = torch.cartesian_prod(torch.arange(8, device=dev), torch.arange(8, device=dev))
-                parent2 = bad.repeat_interleave(64)
-                combo2 = combos.repeat(len(bad), 1)
-                r2, G2, tw2, kept2 = _score(G, parent2, combo2, idx, nblocks, gen, exact_tol)
-                parent2, combo2 = parent2[kept2], combo2[kept2]
-                keep = ~inexact
-                parent = torch.cat([parent[keep], parent2])
-                combo = torch.cat([combo[keep], combo2])
-                acc = torch.cat([acc[keep], residual[parent2] + r2])
-                G_new = torch.cat([G_new[keep], G2])
-                tw_new = [torch.cat([a[keep], b]) for a, b in zip(tw_new, tw2, strict=True)]
-        if not bool((acc <= exact_tol * total).any()):
+        good = acc <= exact_tol * total  # entries that stop being exact are dropped
+        parent, acc, G_new = parent[good], acc[good], G_new[good]
+        tw_new = [t[good] for t in tw_new]
+        combo = combo[good] if combo is not None else None
+        if not len(parent):
             return None
         order = torch.argsort(acc)[: (keep if shared else beam)]
         parent, acc, G_new = parent[order], acc[order], G_new[order]

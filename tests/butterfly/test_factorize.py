@@ -40,6 +40,25 @@ def test_recovers_a_random_member_of_the_structure(nblocks, shared):
     assert float(torch.linalg.matrix_norm(found - T) / torch.linalg.matrix_norm(T)) < 1e-10
 
 
+@pytest.mark.parametrize("seed", [2, 4])
+@pytest.mark.parametrize("nblocks", [1, 2])
+def test_per_level_search_finds_members_whose_choice_is_ambiguous_at_a_depth(nblocks, seed):
+    """Regression: trying the previous depth's choice first missed these (nblocks=1 seed 4, 2 seed 2)."""
+    torch.manual_seed(seed)
+    n = 32
+    g = torch.Generator().manual_seed(7 + seed)
+    choices = torch.randint(0, 2, (4, 3), generator=g)
+    target = Butterfly(
+        n, nblocks=nblocks, increasing_stride=False, complex=True, init="randn", dtype=torch.float64,
+        in_perm=permutation_from_choices(n, choices), out_perm=permutation_from_choices(n, choices.flip(0)).argsort(),
+    )  # fmt: skip
+    T = butterfly_dense_reference(target)
+    cand = search(T, nblocks, shared=False, exact_tol=1e-20)
+    assert cand is not None
+    found = butterfly_dense_reference(module_from(cand, nblocks, n))
+    assert float(torch.linalg.matrix_norm(found - T) / torch.linalg.matrix_norm(T)) < 1e-10
+
+
 @pytest.mark.parametrize("nblocks", [1, 2])
 def test_gaussian_is_no_member(nblocks):
     T = torch.randn(32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))

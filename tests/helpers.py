@@ -185,38 +185,49 @@ def lowrank_dense_reference(op) -> torch.Tensor:
 
 def butterfly_dense_reference(op) -> torch.Tensor:
     """The dense matrix of a :class:`~structmat.Butterfly` built factor by factor with loops, from
-    the layout in its docstring: factor ``i`` maps the pair ``(lo, hi) = (2*st*b + t, lo + st)``
-    (``st = 2**i``) by ``twiddle[i, b*st + t]``; ``M = B_{m-1} ... B_0 P`` (increasing stride)
-    or ``B_0 ... B_{m-1} P``, cropped to ``(out, in)``."""
-    tw = op.twiddle.detach()
-    n, m = op.n, op.nfactors
-    batch = tw.shape[:-4]
+    the layout in its docstring: block ``k``'s factor ``i`` (twiddle level ``k*m + i``) maps the pair
+    ``(lo, hi) = (2*st*b + t, lo + st)`` (``st = 2**i``) by ``twiddle[k*m + i, b*st + t]``; block 0
+    applies its factors in ``increasing_stride`` order and the blocks alternate;
+    ``M = P_out K_{b-1} ... K_0 P_in`` with ``(P x)_i = x[perm[i]]`` (relaxed permutations taken at
+    their rounding), cropped to ``(out, in)``; ``real_output``: the real part."""
+    tw = op.twiddle.detach().cpu()
+    n = op.n
+    m = n.bit_length() - 1
+    batch = tuple(op.batch_shape)
     flat = tw.reshape(-1, *tw.shape[-4:])
+
+    def perms(side):
+        relaxed = getattr(op, f"{side}_relaxed", None)
+        perm = relaxed.hard() if relaxed is not None else getattr(op, f"{side}_perm", None)
+        if perm is None:
+            return [None] * flat.shape[0]
+        perm = perm.cpu()
+        return [perm] * flat.shape[0] if perm.dim() == 1 else list(perm.reshape(-1, n))
+
     mats = []
-    for t4 in flat:
-        factors = []
-        for i in range(m):
-            st = 1 << i
-            B = torch.zeros(n, n, dtype=tw.dtype)
-            for b in range(n // (2 * st)):
-                for t in range(st):
-                    lo, hi, j = 2 * st * b + t, 2 * st * b + st + t, b * st + t
-                    B[lo, lo], B[lo, hi], B[hi, lo], B[hi, hi] = (
-                        t4[i, j, 0, 0],
-                        t4[i, j, 0, 1],
-                        t4[i, j, 1, 0],
-                        t4[i, j, 1, 1],
-                    )
-            factors.append(B)
-        order = factors if op.increasing_stride else factors[::-1]  # applied first -> last
+    for t4, pin, pout in zip(flat, perms("in"), perms("out"), strict=True):
         M = torch.eye(n, dtype=tw.dtype)
-        for B in order:
-            M = B @ M
-        if op.bit_reversal:
+        if pin is not None:
             P = torch.zeros(n, n, dtype=tw.dtype)
-            P[torch.arange(n), op.perm.cpu()] = 1
-            M = M @ P
-        mats.append(M[: op.out_features, : op.in_features])
+            P[torch.arange(n), pin] = 1
+            M = P @ M
+        for k in range(op.nblocks):
+            increasing = op.increasing_stride if k % 2 == 0 else not op.increasing_stride
+            for i in range(m) if increasing else reversed(range(m)):
+                st = 1 << i
+                B = torch.zeros(n, n, dtype=tw.dtype)
+                for b in range(n // (2 * st)):
+                    for t in range(st):
+                        lo, hi, j = 2 * st * b + t, 2 * st * b + st + t, b * st + t
+                        T = t4[k * m + i, j]
+                        B[lo, lo], B[lo, hi], B[hi, lo], B[hi, hi] = T[0, 0], T[0, 1], T[1, 0], T[1, 1]
+                M = B @ M
+        if pout is not None:
+            P = torch.zeros(n, n, dtype=tw.dtype)
+            P[torch.arange(n), pout] = 1
+            M = P @ M
+        M = M[: op.out_features, : op.in_features]
+        mats.append(M.real if op.real_output else M)
     return torch.stack(mats).reshape(*batch, op.out_features, op.in_features)
 
 

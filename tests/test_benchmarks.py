@@ -28,6 +28,7 @@ def test_bench_multiply_reference_is_correct():
     "args",
     [
         ["bench_fit.py", "--sizes", "64", "--repeats", "1"],
+        ["bench_butterfly.py", "--sizes", "16", "--device", "cpu", "--targets", "DCT-II", "Gaussian"],
         ["bench_multiply.py", "--quick"],
         ["bench_layer.py", "--quick"],
         ["bench_triton.py", "--smoke", "--no-sweep"],  # on CPU through Triton's interpreter

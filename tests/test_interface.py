@@ -69,7 +69,9 @@ class ButterflyCase(StructuredLinearTestCase):
         return butterfly_dense_reference(op)
 
     def expected_num_params(self, op):
-        return int(op.batch_shape.numel()) * 2 * op.n * (op.n.bit_length() - 1)
+        m = op.n.bit_length() - 1
+        logits = sum(3 * (m - 1) for side in ("in", "out") if getattr(op, f"{side}_relaxed") is not None)
+        return int(op.batch_shape.numel()) * (op.nblocks * 2 * op.n * m + logits)
 
 
 class TestButterfly(ButterflyCase):
@@ -85,6 +87,30 @@ class TestButterflyPaddedDecreasing(ButterflyCase):
 class TestButterflyComplexBitReversal(ButterflyCase):
     def make(self, dtype):
         return Butterfly(8, complex=True, bit_reversal=True, dtype=dtype)
+
+
+class TestButterflyKaleidoscopePermuted(ButterflyCase):
+    def make(self, dtype):  # B B* with a different pair of index permutations per batch element
+        g = torch.Generator().manual_seed(0)
+        perms = torch.stack([torch.randperm(16, generator=g) for _ in range(2)])
+        return Butterfly(
+            12, 16, nblocks=2, increasing_stride=False, in_perm=perms, out_perm=perms.flip(0), batch_shape=(2,),
+            init="randn", dtype=dtype,
+        )  # fmt: skip
+
+
+class TestButterflyLearnedPermutations(ButterflyCase):
+    def make(self, dtype):  # relaxed permutations at a vertex (saturated): equal to their rounding
+        bf = Butterfly(16, in_perm="learn", out_perm="learn", init="randn", dtype=dtype)
+        with torch.no_grad():
+            for relaxed in (bf.in_relaxed, bf.out_relaxed):
+                relaxed.logits.copy_(torch.randn(relaxed.logits.shape).sign() * 40)
+        return bf
+
+
+class TestButterflyComplexRealOutput(ButterflyCase):
+    def make(self, dtype):
+        return Butterfly(8, complex=True, real_output=True, nblocks=2, init="randn", dtype=dtype)
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,12 @@ from .plots import plot_approximation_curves, plot_rank_capacity, plot_spectra
 from .spectra import effective_rank, numerical_rank, singular_values, stable_rank
 from .subspaces import DeltaAnalysis, delta_analysis, principal_angles
 from .targets import target_suite
+from .transforms import RecoveryRow, recovery_markdown, recovery_table, transform_suite
 
 __all__ = [
     "CurvePoint",
     "DeltaAnalysis",
+    "RecoveryRow",
     "StructureChoice",
     "approximation_curve",
     "choose_structures",
@@ -21,7 +23,10 @@ __all__ = [
     "plot_rank_capacity",
     "plot_spectra",
     "principal_angles",
+    "recovery_markdown",
+    "recovery_table",
     "singular_values",
     "stable_rank",
     "target_suite",
+    "transform_suite",
 ]

@@ -50,8 +50,8 @@ def fit_lowrank(
 
 
 def lowrank_optimal_error(W: torch.Tensor, rank: int) -> torch.Tensor:
-    """``sqrt(sum_{i >= rank} sigma_i(W)^2) / ||W||_F``, shape ``W.shape[:-2]``."""
-    check_matrix("W", W)
+    """``sqrt(sum_{i >= rank} sigma_i(W)^2) / ||W||_F``, shape ``W.shape[:-2]`` (``W`` may be complex)."""
+    check_matrix("W", W, allow_complex=True)
     check_positive_int("rank", rank)
     sv = torch.linalg.svdvals(W)
     return sv[..., rank:].square().sum(-1).sqrt() / torch.linalg.matrix_norm(W)

@@ -170,9 +170,10 @@ def monarch_optimal_error(
 
     ``sqrt(sum over blocks (d, a) of sum_{i >= t(d, a)} sigma_i(W_(d,a))^2) / ||W||_F``,
     from the singular values of every block; shape ``W.shape[:-2]``. ``nblocks`` (default 4),
-    ``rank`` and ``structure`` as in :func:`fit_monarch`.
+    ``rank`` and ``structure`` as in :func:`fit_monarch`. ``W`` may be complex (the optimum over
+    complex Monarch factors).
     """
-    check_matrix("W", W)
+    check_matrix("W", W, allow_complex=True)
     shape = _resolve_shape(W, nblocks, rank, structure)
     with torch.no_grad():
         sv = torch.linalg.svdvals(monarch_blocks(W, shape))  # (*batch, l, k, min(s, p))

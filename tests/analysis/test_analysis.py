@@ -164,3 +164,7 @@ def test_report_quick(tmp_path):
     for rel in images:
         assert (tmp_path / rel).is_file(), rel
     assert result["summary"].startswith("| target |")
+    # the 'which transforms each structure recovers' section, with its rows
+    assert "## Which transforms each structure recovers (n=16)" in text
+    assert "| DCT-II (16) | **" in text and "| Gaussian (16) | **" not in text
+    assert {r.target for r in result["recovery"]} >= {"DFT", "DCT-II", "Gaussian"}

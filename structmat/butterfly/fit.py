@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ..approximation import relative_error
+from ..approximation import normalized, relative_error, seeded
 from ..checks import check_matrix, check_positive_int
 from .module import Butterfly
 
@@ -53,10 +53,8 @@ def fit_butterfly(
     if W.is_complex() and not complex:
         raise ValueError("W is complex: fit it with complex=True")
     batch, (out_f, in_f) = W.shape[:-2], W.shape[-2:]
-    generator_state = torch.random.get_rng_state()
-    if seed is not None:
-        torch.manual_seed(seed)
-    try:
+    W_in, (W, w_scale) = W, normalized(W)  # fit W / max|W| (float32 for half W): the same at any scale
+    with seeded(seed, W.device):  # the global RNG is left alone
         bf = Butterfly(
             in_f,
             out_f,
@@ -68,9 +66,6 @@ def fit_butterfly(
             device=W.device,
             dtype=W.real.dtype,
         )
-    finally:
-        if seed is not None:
-            torch.random.set_rng_state(generator_state)
     target = W.detach().unsqueeze(-3)  # (*batch, 1, out, in)
     scale = torch.linalg.matrix_norm(target).square().clamp_min(torch.finfo(W.real.dtype).tiny)
 
@@ -130,11 +125,11 @@ def fit_butterfly(
         init="identity",
         batch_shape=batch,
         device=W.device,
-        dtype=W.real.dtype,
+        dtype=W_in.real.dtype,
     )
-    with torch.no_grad():
-        result.twiddle.copy_(best_tw)
-        result.fit_error = relative_error(W, result.to_dense())
+    with torch.no_grad():  # scale back: each of the m factors takes scale^(1/m)
+        result.twiddle.copy_(best_tw * w_scale.reshape(*batch, 1, 1, 1, 1).pow(1.0 / best_tw.shape[-4]))
+        result.fit_error = relative_error(W_in, result.to_dense())
     result.fit_info = {"adam_steps": taken, "restart_errors": per_restart}
     return result
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import StructuredLinear
-from ..checks import check_float_dtype, check_positive_int
+from ..checks import check_batch_shape, check_float_dtype, check_positive_int
 
 ButterflyInit = Literal["ortho", "randn", "identity"]
 
@@ -69,6 +69,7 @@ class Butterfly(StructuredLinear):
         check_positive_int("in_features", in_features)
         out_features = in_features if out_features is None else out_features
         check_positive_int("out_features", out_features)
+        batch_shape = check_batch_shape("batch_shape", batch_shape)
         n = next_power_of_two(max(in_features, out_features, 2))
         m = n.bit_length() - 1
         real_dtype = dtype if dtype is not None else torch.get_default_dtype()

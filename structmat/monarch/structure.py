@@ -18,7 +18,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_flow
 
-from ..checks import ceil_div, check_positive_int, check_rank_fits
+from ..checks import ceil_div, check_positive_int, check_useful_rank
 
 
 @dataclass(frozen=True)
@@ -55,14 +55,32 @@ class MonarchShape:
     def for_more(cls, in_features: int, out_features: int, nblocks: int, rank: int) -> MonarchShape:
         """MoRe shapes: ``(nblocks, rank, ceil(in/nblocks))`` / ``(nblocks, ceil(out/nblocks), rank)``.
 
-        Refuses (naming the argument) a rank above ``min(in, out)`` and an ``nblocks`` that
-        would leave a block with only padding.
+        Refuses (naming the argument) an ``nblocks`` that would leave a block with only padding
+        and a rank that adds no capacity (above :meth:`largest_useful_rank`, the rule of
+        :func:`structmat.checks.check_useful_rank`).
+        """
+        largest = cls.largest_useful_rank(in_features, out_features, nblocks)
+        check_positive_int("rank", rank)
+        check_useful_rank(rank, largest, f"a Monarch of shape ({out_features}, {in_features}) with nblocks={nblocks}")
+        p, s = ceil_div(in_features, nblocks), ceil_div(out_features, nblocks)
+        return cls(nblocks, rank, p, nblocks, s, rank, in_features, out_features)
+
+    @staticmethod
+    def largest_useful_rank(in_features: int, out_features: int, nblocks: int) -> int:
+        """The smallest MoRe block rank at which a Monarch of this size reaches every matrix.
+
+        With MoRe shapes (``k = l = nblocks``, ``q = r = rank``) block ``(d, a)`` of ``M`` owns
+        ``t(d, a) = floor(rank / N) + [((d - a*rank) mod N) < rank mod N]`` middle indices
+        (``N = nblocks``) and is any matrix of rank ``<= t(d, a)``. It is saturated once
+        ``t(d, a) >= m(d, a) = min(real rows of group d, real columns of chunk a)``; the first
+        rank that saturates every block lies in ``(N * (max m - 1), N * max m]`` (below, the
+        largest block cannot be saturated; at ``N * max m`` every ``t`` is ``max m``). Every
+        larger rank gives the same set (all matrices) with more parameters. ``min(out, in)``
+        when ``nblocks`` divides both sizes.
         """
         check_positive_int("in_features", in_features)
         check_positive_int("out_features", out_features)
         check_positive_int("nblocks", nblocks)
-        check_positive_int("rank", rank)
-        check_rank_fits(rank, in_features, out_features)
         p, s = ceil_div(in_features, nblocks), ceil_div(out_features, nblocks)
         if (nblocks - 1) * p >= in_features or nblocks > out_features:
             raise ValueError(
@@ -71,7 +89,17 @@ class MonarchShape:
                 f"would hold only padding; use nblocks <= min(in, out) that leaves every block "
                 f"a real row and column (a divisor of both sizes always works)"
             )
-        return cls(nblocks, rank, p, nblocks, s, rank, in_features, out_features)
+        n = nblocks
+        cols = np.clip(in_features - np.arange(n) * p, 0, p)  # (k,) real columns of chunk a
+        rows = ((np.arange(s)[:, None] * n + np.arange(n)[None, :]) < out_features).sum(axis=0)  # (l,)
+        m = np.minimum(rows[:, None], cols[None, :])  # (l, k): the rank that saturates block (d, a)
+        top = int(m.max())
+        d, a = np.arange(n)[:, None], np.arange(n)[None, :]
+        for rank in range(n * (top - 1) + 1, n * top + 1):
+            t = rank // n + ((d - a * rank) % n < rank % n)
+            if (t >= m).all():
+                return rank
+        raise AssertionError("unreachable: rank N * max m saturates every block")  # pragma: no cover
 
     @property
     def middle(self) -> int:

@@ -13,7 +13,18 @@ from .curves import CurvePoint  # noqa: E402
 
 
 def plot_spectra(spectra: Mapping[str, torch.Tensor], title: str = "Singular value spectra") -> Figure:
-    """Normalised singular values (descending) of several matrices, log scale."""
+    """Normalised singular values (descending) of several matrices, log scale.
+
+    ``spectra``: name -> 1-D tensor of singular values (as :func:`singular_values` returns).
+    """
+    if not isinstance(spectra, Mapping) or not spectra:
+        raise ValueError(f"spectra must be a non-empty mapping name -> 1-D tensor of singular values, got {spectra!r}")
+    for name, sv in spectra.items():
+        if not isinstance(sv, torch.Tensor) or sv.dim() != 1 or sv.numel() == 0 or sv.is_complex() or sv.is_meta:
+            shape = tuple(sv.shape) if isinstance(sv, torch.Tensor) else type(sv).__name__
+            raise ValueError(f"spectra[{name!r}] must be a non-empty 1-D real tensor of singular values, got {shape}")
+        if not bool(torch.isfinite(sv).all()):
+            raise ValueError(f"spectra[{name!r}] contains NaN or inf values")
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, sv in spectra.items():
         sv = sv.detach().cpu().double()

@@ -169,6 +169,13 @@ def _foreign_config_error(path: Path) -> None:
         )
 
 
+def _read_config_text(cfg: Path) -> str:
+    try:
+        return cfg.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"the adapter config in {cfg} is not UTF-8 text: {err}") from None
+
+
 def _parse_config(text: str, where: Path) -> MoReConfig:
     try:
         data = json.loads(text)
@@ -201,7 +208,7 @@ def _config_from(meta: dict[str, str], path: Path) -> MoReConfig:
     cfg_path = path / CONFIG_NAME
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {str(path)!r}")
-    text = cfg_path.read_text()
+    text = _read_config_text(cfg_path)
     if meta.get("structmat_config_sha256") not in (None, _sha256(text)):
         raise ValueError(f"{CONFIG_NAME} and {WEIGHTS_NAME} in {str(path)!r} come from different saves")
     return _parse_config(text, cfg_path)
@@ -231,13 +238,15 @@ def read_adapter_config(path: str | os.PathLike) -> MoReConfig:
     """The :class:`MoReConfig` of the adapter saved in folder ``path`` (read from the weights
     file, which is what :func:`load_adapter` uses; unknown keys dropped with a warning).
     Refuses another library's adapter (``peft_type`` other than MoRe's)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a folder path (str or os.PathLike), got {type(path).__name__}")
     path = Path(path)
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         _foreign_config_error(path)
         cfg = path / CONFIG_NAME
         if cfg.is_file():  # the config alone (a folder being assembled by hand, say)
-            return _parse_config(cfg.read_text(), cfg)
+            return _parse_config(_read_config_text(cfg), cfg)
         raise _missing_weights_error(path)
     with open(weights, "rb") as f:  # the header only: the tensors can be large
         head = f.read(8)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -110,9 +111,35 @@ def add_adapter(model: nn.Module, adapter_name: str, config: MoReConfig) -> nn.M
     return _add_adapter(model, adapter_name, config, stacklevel=3)
 
 
+def _check_target_spec(name: str, spec: object) -> None:
+    """``target_modules`` / ``exclude_modules``: None, a regex string (or ``"all-linear"``), or an
+    iterable of module-name strings; anything else raises naming the argument."""
+    if spec is None:
+        return
+    if isinstance(spec, str):
+        try:
+            re.compile(spec)
+        except re.error as err:
+            raise ValueError(f"{name}={spec!r} is not a valid regular expression: {err}") from None
+        return
+    if isinstance(spec, (bytes, nn.Module)) or not isinstance(spec, Iterable):
+        raise TypeError(
+            f"{name} must be a regex string, 'all-linear', a list of module names or None, got {type(spec).__name__}"
+        )
+    if isinstance(spec, Iterator):  # a generator: read it once here, as a list
+        raise TypeError(f"{name} must be a list of module names, got a one-shot {type(spec).__name__}")
+    bad = [t for t in spec if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"{name} must hold module-name strings, got {bad!r}")
+
+
 def _add_adapter(model: nn.Module, adapter_name: str, config: MoReConfig, stacklevel: int) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(config, MoReConfig):
         raise TypeError(f"config must be a MoReConfig, got {type(config).__name__}")
+    _check_target_spec("target_modules", config.target_modules)
+    _check_target_spec("exclude_modules", config.exclude_modules)
     check_adapter_name(adapter_name)
     outer, model = model, unwrap_model(model)
     configs = dict(adapter_configs(model))
@@ -129,6 +156,15 @@ def _add_adapter(model: nn.Module, adapter_name: str, config: MoReConfig, stackl
             updates[name] = new_update(_base_of(model.get_submodule(name)), config.nblocks, config.rank)
         except ValueError as err:
             raise ValueError(f"cannot adapt layer {name!r}: {err}") from None
+    larger = [n for n, u in updates.items() if u.num_params > u.in_features * u.out_features]
+    if larger:
+        warnings.warn(
+            f"the MoRe update (nblocks={config.nblocks}, rank={config.rank}) has more parameters than the dense "
+            f"weight of {', '.join(map(repr, larger))} ({updates[larger[0]].num_params:,d} > "
+            f"{updates[larger[0]].in_features * updates[larger[0]].out_features:,d} for the first): a smaller rank "
+            f"(or fine-tuning the layer itself) is cheaper",
+            stacklevel=stacklevel,
+        )
     for name, mods in _shared_weight_owners(model, targets).items():
         warnings.warn(
             f"target module {name!r} shares its weight with {', '.join(map(repr, mods))} (tied weights): "

@@ -33,6 +33,21 @@ def check_positive_float(name: str, value: object) -> float:
     return float(value)
 
 
+def check_bool(name: str, value: object, allow_none: bool = False) -> bool | None:
+    """``value`` if it is a bool (or None when allowed), else TypeError naming ``name``."""
+    if isinstance(value, bool) or (allow_none and value is None):
+        return value
+    raise TypeError(f"{name} must be True or False{' or None' if allow_none else ''}, got {value!r}")
+
+
+def check_sequence(name: str, value: object) -> list:
+    """``value`` as a list if it is a list, tuple or range (a one-shot iterator, a string or a
+    tensor is refused with a TypeError naming ``name``)."""
+    if not isinstance(value, (list, tuple, range)):
+        raise TypeError(f"{name} must be a list or tuple, got {type(value).__name__}")
+    return list(value)
+
+
 def check_batch_shape(name: str, batch_shape: object) -> tuple[int, ...]:
     """``batch_shape`` as a tuple of positive ints (leading dims of a stack of structures)."""
     if isinstance(batch_shape, torch.Size):

@@ -39,7 +39,7 @@ from torch import nn
 
 from ..monarch import MonarchShape
 from .config import MoReConfig
-from .layer import MoReLinear, base_shape
+from .layer import MoReLinear, base_shape, check_adapter_name
 from .model import (
     ACTIVE_ATTR,
     CONFIGS_ATTR,
@@ -103,6 +103,13 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _check_path(path: object) -> Path:
+    """``path`` as a ``Path``; anything but a str or ``os.PathLike`` raises naming ``path``."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise TypeError(f"path must be a folder path (str or os.PathLike), got {type(path).__name__}")
+    return Path(path)
+
+
 def adapter_folder(path: str | os.PathLike, adapter_name: str) -> Path:
     """Where ``adapter_name`` lives under ``path``: the folder itself for ``"default"``, else
     the subfolder named after it (PEFT's layout)."""
@@ -117,6 +124,9 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
     saves are removed by the next save.
     """
     model = unwrap_model(model)
+    _check_path(path)
+    if adapter_name is not None:
+        check_adapter_name(adapter_name)
     require_adapter(model)
     configs = adapter_configs(model)
     names = list(configs) if adapter_name is None else [adapter_name]
@@ -216,7 +226,7 @@ def _config_from(meta: dict[str, str], path: Path) -> MoReConfig:
 
 def read_adapter(path: str | os.PathLike) -> SavedAdapter:
     """Read and verify the adapter saved in folder ``path`` (bytes read once; see the module doc)."""
-    path = Path(path)
+    path = _check_path(path)
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         _foreign_config_error(path)
@@ -238,9 +248,7 @@ def read_adapter_config(path: str | os.PathLike) -> MoReConfig:
     """The :class:`MoReConfig` of the adapter saved in folder ``path`` (read from the weights
     file, which is what :func:`load_adapter` uses; unknown keys dropped with a warning).
     Refuses another library's adapter (``peft_type`` other than MoRe's)."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a folder path (str or os.PathLike), got {type(path).__name__}")
-    path = Path(path)
+    path = _check_path(path)
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         _foreign_config_error(path)
@@ -351,6 +359,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
     raises ``ValueError`` naming it and leaves the model as it was. Returns ``model``.
     """
     outer, model = model, unwrap_model(model)
+    check_adapter_name(adapter_name)
     saved = read_adapter(path)
     problems = _loading_problems(model, saved, adapter_name)
     if problems:
@@ -391,7 +400,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str = 
 def saved_adapter_names(path: str | os.PathLike) -> list[str]:
     """The adapters saved under ``path``: ``"default"`` if the folder itself holds one, then every
     subfolder that holds one (PEFT's layout)."""
-    path = Path(path)
+    path = _check_path(path)
     names = [DEFAULT_ADAPTER] if (path / WEIGHTS_NAME).is_file() else []
     if path.is_dir():
         names += sorted(p.name for p in path.iterdir() if p.is_dir() and (p / WEIGHTS_NAME).is_file())

@@ -104,6 +104,8 @@ class MoReLinear(nn.Module):
     ) -> None:
         """Add an adapter (``monarch``, or a fresh zero update); the first one becomes active."""
         check_adapter_name(adapter_name)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         if adapter_name in self.more:
             raise ValueError(f"this layer already has an adapter named {adapter_name!r}")
         self.more[adapter_name] = monarch if monarch is not None else new_update(self.base_layer, nblocks, rank)

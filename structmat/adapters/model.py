@@ -30,6 +30,8 @@ ACTIVE_ATTR = "structmat_active_adapter"
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside ``torch.compile`` (``_orig_mod``), DDP / DataParallel (``module``) wrappers."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     while True:
         inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
         if isinstance(inner, nn.Module):
@@ -122,7 +124,7 @@ def _check_target_spec(name: str, spec: object) -> None:
         except re.error as err:
             raise ValueError(f"{name}={spec!r} is not a valid regular expression: {err}") from None
         return
-    if isinstance(spec, (bytes, nn.Module)) or not isinstance(spec, Iterable):
+    if isinstance(spec, (bytes, nn.Module, torch.Tensor)) or not isinstance(spec, Iterable):
         raise TypeError(
             f"{name} must be a regex string, 'all-linear', a list of module names or None, got {type(spec).__name__}"
         )
@@ -353,6 +355,8 @@ def merge(model: nn.Module, safe_merge: bool = False) -> nn.Module:
 
     A base weight tied to other modules is not written to: the layer gets a merged copy.
     """
+    if not isinstance(safe_merge, bool):
+        raise TypeError(f"safe_merge must be True or False, got {safe_merge!r}")
     layers = require_adapter(model)
     if safe_merge:  # check all before changing any
         for name, layer in layers.items():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 
 import torch
+from torch import nn
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
@@ -30,6 +31,13 @@ class MoReTrainer(Trainer):
 
     Use it as the ``Trainer``: ``MoReTrainer(model=apply_more(model, ...), args=..., ...)``.
     """
+
+    def __init__(self, model: nn.Module | None = None, *args, **kwargs):
+        if (model is not None or "model_init" not in kwargs) and not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(model, nn.Module) and any(p.is_meta for p in model.parameters()):
+            raise ValueError("model has meta tensors (no data); load its weights first")
+        super().__init__(model, *args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir

@@ -9,7 +9,7 @@ import torch
 from ..approximation import seeded
 from ..butterfly import Butterfly
 from ..butterfly.module import next_power_of_two
-from ..checks import check_positive_int
+from ..checks import check_bool, check_positive_int, check_sequence
 from ..lowrank import LowRank
 from ..monarch import Monarch, MonarchShape
 
@@ -52,9 +52,8 @@ def choose_structures(
     check_positive_int("in_features", in_features)
     check_positive_int("out_features", out_features)
     check_positive_int("budget", budget)
-    if isinstance(nblocks, (str, bytes)) or not hasattr(nblocks, "__iter__"):
-        raise TypeError(f"nblocks must be a sequence of positive integers, got {nblocks!r}")
-    nblocks = tuple(nblocks)
+    nblocks = tuple(check_sequence("nblocks", nblocks))
+    check_bool("butterfly", butterfly)
     for n in nblocks:
         check_positive_int("nblocks", n)
     cap = min(in_features, out_features)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..approximation import normalized
-from ..checks import check_matrix
+from ..checks import check_bool, check_matrix
 
 
 def _scaled_svdvals(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,6 +26,7 @@ def _out_dtype(W: torch.Tensor) -> torch.dtype:
 def singular_values(W: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """Singular values, descending, ``(..., min(m, n))`` in ``W``'s real dtype; ``normalize``
     divides by the largest (all zeros for a zero matrix)."""
+    check_bool("normalize", normalize)
     sv, scale = _scaled_svdvals(W)
     if normalize:
         top = sv[..., :1]

@@ -6,7 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..approximation import normalized, relative_error, seeded
-from ..checks import check_matrix, check_positive_int
+from ..checks import check_bool, check_matrix, check_nonnegative_int, check_positive_float, check_positive_int
 from .module import Butterfly
 
 
@@ -46,8 +46,10 @@ def fit_butterfly(
     check_matrix("W", W, allow_complex=True)
     check_positive_int("restarts", restarts)
     check_positive_int("steps", steps)
-    if lbfgs_steps < 0:
-        raise ValueError(f"lbfgs_steps must be >= 0, got {lbfgs_steps}")
+    check_nonnegative_int("lbfgs_steps", lbfgs_steps)
+    check_positive_float("lr", lr)
+    check_bool("progress", progress, allow_none=True)
+    check_bool("complex", complex, allow_none=True)
     complex = W.is_complex() if complex is None else complex
     tol = 100 * torch.finfo(W.real.dtype).eps if tol is None else tol
     if W.is_complex() and not complex:
@@ -67,7 +69,7 @@ def fit_butterfly(
             dtype=W.real.dtype,
         )
     target = W.detach().unsqueeze(-3)  # (*batch, 1, out, in)
-    scale = torch.linalg.matrix_norm(target).square().clamp_min(torch.finfo(W.real.dtype).tiny)
+    scale = torch.linalg.matrix_norm(target).square().clamp_min(1.0)  # >= 1 unless W = 0 (W / max|W| above)
 
     def losses() -> torch.Tensor:  # (*batch, restarts) relative squared errors
         return torch.linalg.matrix_norm(target - bf.to_dense()).square() / scale
@@ -127,7 +129,8 @@ def fit_butterfly(
         device=W.device,
         dtype=W_in.real.dtype,
     )
-    with torch.no_grad():  # scale back: each of the m factors takes scale^(1/m)
+    with torch.no_grad():  # scale back: each of the m factors takes scale^(1/m) (0 for a zero W: M = 0 exactly)
+        w_scale = w_scale * W_in.detach().abs().amax(dim=(-2, -1), keepdim=True).gt(0)
         result.twiddle.copy_(best_tw * w_scale.reshape(*batch, 1, 1, 1, 1).pow(1.0 / best_tw.shape[-4]))
         result.fit_error = relative_error(W_in, result.to_dense())
     result.fit_info = {"adam_steps": taken, "restart_errors": per_restart}

@@ -137,7 +137,7 @@ def _check_finetune(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     from ..checks import check_useful_rank
     from ..monarch import MonarchShape
 
-    task = args.task or TASKS[args.model][0]
+    task = args.task if args.task is not None else TASKS[args.model][0]
     if task not in TASKS[args.model]:
         parser.error(f"--task {task!r} is not available for --model {args.model}; choose from {TASKS[args.model]}")
     if args.method == "none" and args.model != "minilm":
@@ -148,7 +148,7 @@ def _check_finetune(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--max-length {args.max_length}: all-MiniLM-L6-v2 takes at most 512 tokens")
     if args.model_dropout is not None and args.model != "minilm":
         parser.error("--model-dropout applies to --model minilm only")
-    targets = args.targets or DEFAULT_TARGETS[args.model]
+    targets = args.targets if args.targets is not None else DEFAULT_TARGETS[args.model]
     names = [t.strip() for t in targets.split(",")] if targets != "all-linear" else list(LAYER_SHAPES[args.model])
     if not all(names):
         parser.error(f"--targets {args.targets!r} has an empty name; give comma-separated module names or all-linear")
@@ -178,8 +178,8 @@ def _finetune(args: argparse.Namespace) -> int:
 
     from .loop import world
 
-    task = args.task or TASKS[args.model][0]
-    targets = args.targets or DEFAULT_TARGETS[args.model]
+    task = args.task if args.task is not None else TASKS[args.model][0]
+    targets = args.targets if args.targets is not None else DEFAULT_TARGETS[args.model]
     targets = targets if targets == "all-linear" else tuple(t.strip() for t in targets.split(","))
     device = args.device
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -276,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ft.set_defaults(func=_finetune, check=_check_finetune, parser=ft)
     args = parser.parse_args(argv)
+    for action in args.parser._actions:  # argparse (3.11) turns "--size=--" into [] without calling the type
+        if action.nargs is None and action.type is not None and isinstance(getattr(args, action.dest, None), list):
+            args.parser.error(f"argument {'/'.join(action.option_strings)}: expected one value")
     if args.check is not None:  # argparse errors (exit status 2) before any model loads or work starts
         args.check(args.parser, args)
     return args.func(args)

@@ -7,13 +7,13 @@ from torch import nn
 
 from ..monarch import Monarch, Path, select_path
 from ..monarch.multiply import run_path
-from .targets import is_linear
 
 
 def base_shape(base: nn.Module) -> tuple[int, int]:
     """``(in_features, out_features)`` of an ``nn.Linear`` or a transformers ``Conv1D``; any
     other layer (``nn.Conv2d``, ``nn.Bilinear``, ``nn.Embedding``, ...) raises ``TypeError``."""
-    if not is_linear(base) or not isinstance(getattr(base, "weight", None), torch.Tensor) or base.weight.dim() != 2:
+    linear = isinstance(base, nn.Linear) or type(base).__name__ == "Conv1D"  # targets.is_linear (no import cycle)
+    if not linear or not isinstance(getattr(base, "weight", None), torch.Tensor) or base.weight.dim() != 2:
         raise TypeError(
             f"base_layer must be an nn.Linear or a transformers Conv1D, got {type(base).__name__}: MoRe adapts "
             f"linear layers only"

@@ -29,8 +29,9 @@ def fit_butterfly(
     ``restarts`` random orthogonal starts per matrix run side by side as one batched
     butterfly: Adam for up to ``steps`` steps (cosine-decayed ``lr``), then L-BFGS for up to
     ``lbfgs_steps`` iterations; both stop early once every matrix's relative error is below
-    ``tol`` (default ``100 * eps`` of ``W``'s real dtype: 1.2e-5 in float32, 2.2e-14 in
-    float64). The best restart per matrix is returned, on ``W``'s device and dtype.
+    ``tol`` (default ``100 * eps`` of the working dtype, float32 for half ``W``: 1.2e-5 in
+    float32, 2.2e-14 in float64). The best restart per matrix is returned, on ``W``'s device and
+    dtype. The fit runs on ``W / max|W|``: its relative error does not depend on the scale of ``W``.
 
     Args:
         complex: complex twiddles; default: ``W.is_complex()``. The DFT needs
@@ -50,12 +51,12 @@ def fit_butterfly(
     check_positive_float("lr", lr)
     check_bool("progress", progress, allow_none=True)
     check_bool("complex", complex, allow_none=True)
+    W_in, (W, w_scale) = W, normalized(W)  # fit W / max|W| (float32 for half W): the same at any scale
     complex = W.is_complex() if complex is None else complex
     tol = 100 * torch.finfo(W.real.dtype).eps if tol is None else tol
     if W.is_complex() and not complex:
         raise ValueError("W is complex: fit it with complex=True")
     batch, (out_f, in_f) = W.shape[:-2], W.shape[-2:]
-    W_in, (W, w_scale) = W, normalized(W)  # fit W / max|W| (float32 for half W): the same at any scale
     with seeded(seed, W.device):  # the global RNG is left alone
         bf = Butterfly(
             in_f,

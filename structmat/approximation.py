@@ -1,19 +1,76 @@
-"""Small helpers shared by the fit_* functions."""
+"""Small helpers shared by the fit_* functions: scale-free relative errors and the working
+precision, so that a fit gives the same relative error for ``W`` and ``c * W`` at any scale and
+works for half-precision ``W``."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
 
-def relative_error(W: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """``||W - M||_F / ||W||_F`` over the last two dims, shape ``W.shape[:-2]``.
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a fit computes in: float16/bfloat16 go up to float32 (torch's decompositions
+    do not take them, and their range is too small for squared norms); others stay."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    if dtype == torch.complex32:
+        return torch.complex64
+    return dtype
 
+
+def max_abs(W: torch.Tensor) -> torch.Tensor:
+    """``max |W|`` over the last two dims, shape ``(*batch, 1, 1)``, real, in the compute dtype;
+    1 where ``W`` is zero (so that dividing by it is always safe)."""
+    real = compute_dtype(W.dtype).to_real() if W.is_complex() else compute_dtype(W.dtype)
+    scale = W.detach().abs().amax(dim=(-2, -1), keepdim=True).to(real)
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def normalized(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W / s, s)`` with ``s = max |W|`` per matrix (:func:`max_abs`), ``W / s`` in the compute
+    dtype. Decompositions and norms of ``W / s`` neither overflow nor underflow, whatever the
+    scale of ``W``; a fit of ``W / s`` scaled back by ``s`` is the fit of ``W``."""
+    scale = max_abs(W)
+    return W.detach().to(compute_dtype(W.dtype)) / scale, scale
+
+
+def relative_error(W: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """``||W - M||_F / ||W||_F`` over the last two dims, shape ``W.shape[:-2]``, in ``W``'s
+    real dtype.
+
+    Both are divided by ``max |W|`` first (in float32 at least), so the result does not depend
+    on the scale of ``W`` (no overflow to NaN at 1e20 in float32, no underflow to 0 at 1e-25).
     A zero ``W`` gives 0 when ``M`` is zero too (nothing to approximate), else inf.
     """
-    num = torch.linalg.matrix_norm(W - M)
-    den = torch.linalg.matrix_norm(W)
-    return torch.where(
+    scale = max_abs(W)
+    work = compute_dtype(W.dtype) if not M.is_complex() or W.is_complex() else compute_dtype(M.dtype)
+    num = torch.linalg.matrix_norm(W.detach().to(work) / scale - M.detach().to(work) / scale)
+    den = torch.linalg.matrix_norm(W.detach().to(work) / scale)
+    err = torch.where(
         den > 0,
         num / torch.where(den > 0, den, torch.ones_like(den)),
         torch.where(num > 0, torch.full_like(num, float("inf")), torch.zeros_like(num)),
     )
+    return err.to(W.real.dtype if W.is_complex() else W.dtype)
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Random draws inside come from ``seed`` (on the CPU generator and, for a CUDA ``device``,
+    that device's), and the global generators are left as they were; ``seed=None``: draw from
+    the global generators as usual (they advance)."""
+    if seed is None:
+        yield
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int or None, got {seed!r}")
+    device = torch.device(device)
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)  # not torch.manual_seed: it seeds every GPU too
+        for d in cuda:
+            with torch.cuda.device(d):
+                torch.cuda.manual_seed(seed)
+        yield

@@ -7,7 +7,8 @@ A :class:`StructuredLinear` acts like ``nn.Linear`` without bias: for ``x`` of s
 A structure may hold a *stack* of matrices (``batch_shape`` non-empty), as returned by the
 batched fits. Then its factors carry the leading ``batch_shape`` dimensions, ``to_dense()``
 returns ``(*batch_shape, out_features, in_features)`` and ``forward`` takes ``x`` of shape
-``(*batch_shape, n, in_features)`` (each matrix of the stack is applied to its own rows).
+``(*batch_shape, n, in_features)`` (each matrix of the stack is applied to its own rows;
+size-1 batch dims of ``x`` broadcast).
 
 Subclasses implement :meth:`_matmul` and :attr:`max_rank`; they get input checks, batching
 rules, ``to_dense``, ``num_params`` and ``repr`` from here.
@@ -24,7 +25,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-from .checks import check_float_dtype
+from .checks import check_batch_shape, check_float_dtype
 
 
 class StructuredLinear(nn.Module, ABC):
@@ -40,7 +41,7 @@ class StructuredLinear(nn.Module, ABC):
         super().__init__()
         self.in_features = int(in_features)
         self.out_features = int(out_features)
-        self.batch_shape = torch.Size(batch_shape)
+        self.batch_shape = torch.Size(check_batch_shape("batch_shape", batch_shape))
         self.register_buffer("fit_error", None, persistent=False)
 
     # -- to implement -------------------------------------------------------------------
@@ -82,7 +83,7 @@ class StructuredLinear(nn.Module, ABC):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (..., in_features) -> ``x @ M.T`` (..., out_features)."""
         self._check_input(x)
-        return self._matmul(x)
+        return self._matmul(self._broadcast_batch(x))
 
     def addmm(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``y + x @ M.T`` in ``y``'s dtype; ``y`` has the shape of ``forward(x)``.
@@ -93,7 +94,7 @@ class StructuredLinear(nn.Module, ABC):
         self._check_input(x)
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
-        return self._addmm(y, x)
+        return self._addmm(y, self._broadcast_batch(x))
 
     def _addmm(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         update = self._matmul(x)
@@ -107,6 +108,12 @@ class StructuredLinear(nn.Module, ABC):
         check_float_dtype("x", x.dtype, allow_complex=True)
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have last dimension in_features={self.in_features}, got shape {tuple(x.shape)}")
+        if x.device != self.device:
+            raise ValueError(f"x must be on the module's device {self.device}, got {x.device}")
+        if not torch.is_autocast_enabled(x.device.type) and x.dtype not in self._input_dtypes():
+            raise TypeError(
+                f"x must have the module's dtype {self.dtype} (convert x or the module with .to()), got {x.dtype}"
+            )
         nb = len(self.batch_shape)
         if nb:
             if x.dim() != nb + 2 or any(
@@ -117,6 +124,19 @@ class StructuredLinear(nn.Module, ABC):
                     f"({', '.join(map(str, self.batch_shape))}, n, {self.in_features}) "
                     f"for this batched {type(self).__name__}, got {tuple(x.shape)}"
                 )
+
+    def _broadcast_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with its size-1 batch dims expanded to ``batch_shape`` (a view)."""
+        nb = len(self.batch_shape)
+        if nb and x.shape[:nb] != self.batch_shape:
+            x = x.expand(*self.batch_shape, *x.shape[nb:])
+        return x
+
+    def _input_dtypes(self) -> tuple[torch.dtype, ...]:
+        """The dtypes :meth:`forward` takes: the module's (a complex module also takes its real
+        dtype). Under autocast torch casts for the products, so any float dtype is taken then."""
+        dtype = self.dtype
+        return (dtype, dtype.to_real()) if dtype.is_complex else (dtype,)
 
     def to_dense(self) -> torch.Tensor:
         """The matrix ``M``, of shape ``(*batch_shape, out_features, in_features)``."""

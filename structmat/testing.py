@@ -8,7 +8,8 @@ checked against that reference: forward, ``to_dense``, gradients, rank, errors::
     from structmat.testing import StructuredLinearTestCase
 
     class TestMyStructure(StructuredLinearTestCase):
-        dtypes = (torch.float64,)  # optional: the dtypes to run (default float32 and float64)
+        dtypes = (torch.float64,)  # optional: the dtypes to run (default float32 and float64;
+                                   # float16 and bfloat16 work too, with looser tolerances)
 
         def make(self, dtype):
             return MyStructure(12, 20, dtype=dtype)
@@ -86,7 +87,9 @@ class StructuredLinearTestCase:
 
     def test_rank_at_most_max_rank(self, op):
         reference = self.reference_dense(op).detach()  # rank tolerance from its own dtype's epsilon
-        assert bool((torch.linalg.matrix_rank(reference) <= op.max_rank).all())
+        rtol = torch.finfo(reference.real.dtype if reference.is_complex() else reference.dtype).eps * max(op.shape[-2:])
+        work = reference.to(torch.float32) if reference.dtype in (torch.float16, torch.bfloat16) else reference
+        assert bool((torch.linalg.matrix_rank(work, rtol=rtol) <= op.max_rank).all())
 
     def test_gradcheck_float64(self):
         torch.manual_seed(0)
@@ -109,6 +112,22 @@ class StructuredLinearTestCase:
         x = torch.ones(*op.batch_shape, 2, op.in_features, dtype=torch.long)
         with pytest.raises(TypeError, match="x must have a floating-point"):
             op(x)
+
+    def test_other_float_dtype_rejected(self, op):
+        real = op.dtype.to_real() if op.dtype.is_complex else op.dtype
+        other = torch.float32 if real == torch.float64 else torch.float64
+        x = torch.randn(*op.batch_shape, 2, op.in_features, dtype=other)
+        with pytest.raises(TypeError, match="x must have the module's dtype"):
+            op(x)
+
+    def test_size_one_batch_dims_broadcast(self, op):
+        if not op.batch_shape:
+            pytest.skip("not a stack of structures")
+        x = self._x(op, 4)[(slice(0, 1),) * len(op.batch_shape)]  # (1, ..., 1, 4, in)
+        reference = self.reference_dense(op).detach()
+        y = op(x)
+        assert y.shape == (*op.batch_shape, 4, op.out_features)
+        assert_close(y, x.to(reference.dtype) @ reference.mT)
 
     def test_repr_shows_shape(self, op):
         text = repr(op)

@@ -23,6 +23,13 @@ class TestMonarchSquare(MonarchCase):
         return Monarch(16, 16, nblocks=4, rank=2, dtype=dtype)
 
 
+class TestMonarchHalfPrecision(MonarchCase):
+    dtypes = (torch.float16, torch.bfloat16)  # a subclass's own dtypes, half precision included
+
+    def make(self, dtype):
+        return Monarch(16, 16, nblocks=4, rank=2, dtype=dtype)
+
+
 class TestMonarchRectangularPadded(MonarchCase):
     def make(self, dtype):
         return Monarch(21, 30, nblocks=4, rank=3, dtype=dtype)
@@ -82,6 +89,13 @@ class TestButterfly(ButterflyCase):
 class TestButterflyPaddedDecreasing(ButterflyCase):
     def make(self, dtype):
         return Butterfly(11, 6, increasing_stride=False, init="randn", dtype=dtype)
+
+
+class TestButterflyBatched(ButterflyCase):
+    dtypes = (torch.float64,)
+
+    def make(self, dtype):
+        return Butterfly(8, 6, batch_shape=(2, 3), dtype=dtype)
 
 
 class TestButterflyComplexBitReversal(ButterflyCase):

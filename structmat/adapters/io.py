@@ -121,6 +121,13 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _check_path(path: object) -> Path:
+    """``path`` as a ``Path``; anything but a str or ``os.PathLike`` raises naming ``path``."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise TypeError(f"path must be a folder path (str or os.PathLike), got {type(path).__name__}")
+    return Path(path)
+
+
 def adapter_folder(path: str | os.PathLike, adapter_name: str) -> Path:
     """Where ``adapter_name`` lives under ``path``: the folder itself for ``"default"``, else
     the subfolder named after it (PEFT's layout)."""
@@ -149,6 +156,9 @@ def save_adapter(
     the folder, synchronise (``torch.distributed.barrier()``).
     """
     model = unwrap_model(model)
+    _check_path(path)
+    if adapter_name is not None:
+        check_adapter_name(adapter_name)
     require_adapter(model)
     configs = adapter_configs(model)
     names = list(configs) if adapter_name is None else [adapter_name]
@@ -236,6 +246,13 @@ def _foreign_config_error(path: Path) -> None:
         )
 
 
+def _read_config_text(cfg: Path) -> str:
+    try:
+        return cfg.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"the adapter config in {cfg} is not UTF-8 text: {err}") from None
+
+
 def _parse_config(text: str, where: Path) -> MoReConfig:
     try:
         data = json.loads(text)
@@ -268,7 +285,7 @@ def _config_from(meta: dict[str, str], path: Path) -> MoReConfig:
     cfg_path = path / CONFIG_NAME
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {str(path)!r}")
-    text = cfg_path.read_text()
+    text = _read_config_text(cfg_path)
     if meta.get("structmat_config_sha256") not in (None, _sha256(text)):
         raise ValueError(f"{CONFIG_NAME} and {WEIGHTS_NAME} in {str(path)!r} come from different saves")
     return _parse_config(text, cfg_path)
@@ -276,7 +293,7 @@ def _config_from(meta: dict[str, str], path: Path) -> MoReConfig:
 
 def read_adapter(path: str | os.PathLike) -> SavedAdapter:
     """Read and verify the adapter saved in folder ``path`` (bytes read once; see the module doc)."""
-    path = Path(path)
+    path = _check_path(path)
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         _foreign_config_error(path)
@@ -298,13 +315,13 @@ def read_adapter_config(path: str | os.PathLike) -> MoReConfig:
     """The :class:`MoReConfig` of the adapter saved in folder ``path`` (read from the weights
     file, which is what :func:`load_adapter` uses; unknown keys dropped with a warning).
     Refuses another library's adapter (``peft_type`` other than MoRe's)."""
-    path = Path(path)
+    path = _check_path(path)
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         _foreign_config_error(path)
         cfg = path / CONFIG_NAME
         if cfg.is_file():  # the config alone (a folder being assembled by hand, say)
-            return _parse_config(cfg.read_text(), cfg)
+            return _parse_config(_read_config_text(cfg), cfg)
         raise _missing_weights_error(path)
     with open(weights, "rb") as f:  # the header only: the tensors can be large
         head = f.read(8)
@@ -503,7 +520,7 @@ def saved_adapter_names(path: str | os.PathLike) -> list[str]:
     save into it, see the module doc); for a folder without one (saved before it existed, or
     assembled by hand), ``"default"`` if the folder itself holds an adapter, then every subfolder
     that holds one (PEFT's layout), whose names must then be valid adapter names."""
-    path = Path(path)
+    path = _check_path(path)
     manifest = _read_manifest(path)
     if manifest is not None:
         return list(manifest["adapters"])

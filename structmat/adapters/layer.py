@@ -14,7 +14,14 @@ from .sharding import full_tensor, is_sharded, shard_like
 
 
 def base_shape(base: nn.Module) -> tuple[int, int]:
-    """``(in_features, out_features)`` of an ``nn.Linear`` or a transformers ``Conv1D``."""
+    """``(in_features, out_features)`` of an ``nn.Linear`` or a transformers ``Conv1D``; any
+    other layer (``nn.Conv2d``, ``nn.Bilinear``, ``nn.Embedding``, ...) raises ``TypeError``."""
+    linear = isinstance(base, nn.Linear) or type(base).__name__ == "Conv1D"  # targets.is_linear (no import cycle)
+    if not linear or not isinstance(getattr(base, "weight", None), torch.Tensor) or base.weight.dim() != 2:
+        raise TypeError(
+            f"base_layer must be an nn.Linear or a transformers Conv1D, got {type(base).__name__}: MoRe adapts "
+            f"linear layers only"
+        )
     if isinstance(base, nn.Linear):
         return base.in_features, base.out_features
     in_f, out_f = base.weight.shape  # Conv1D stores (in, out): y = x @ W + b
@@ -160,6 +167,8 @@ class MoReLinear(nn.Module):
         rounding) and a save can rebuild the residual. It must be the layer's only adapter.
         """
         check_adapter_name(adapter_name)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         if projection and (self.more or monarch is None):
             raise ValueError("a projection-initialised adapter needs its update and must be the layer's only adapter")
         if dropout_position not in ("input", "output"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..checks import check_positive_float, check_positive_int
 from .targets import TargetSpec, resolve_modules_to_save, resolve_targets
 
 
@@ -32,6 +33,16 @@ def apply_lora(
         from peft import LoraConfig, get_peft_model
     except ImportError:  # pragma: no cover - exercised only without peft
         raise ImportError("apply_lora needs peft: pip install 'structmat[baselines]' (or pip install peft)") from None
+    from .model import _check_target_spec, unwrap_model
+
+    unwrap_model(model)  # checks that model is a Module
+    check_positive_int("rank", rank)
+    if alpha is not None:
+        check_positive_float("alpha", alpha)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    _check_target_spec("target_modules", target_modules)
+    _check_target_spec("exclude_modules", exclude_modules)
     saved = resolve_modules_to_save(model, modules_to_save)
     targets = resolve_targets(model, target_modules, exclude_modules, saved)
     config = LoraConfig(

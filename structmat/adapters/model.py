@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -30,6 +31,8 @@ DISABLED_ATTR = "structmat_adapters_disabled"  # True inside ``with disable_adap
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside ``torch.compile`` (``_orig_mod``), DDP / DataParallel (``module``) wrappers."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     while True:
         inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
         if isinstance(inner, nn.Module):
@@ -112,6 +115,28 @@ def add_adapter(model: nn.Module, adapter_name: str, config: MoReConfig) -> nn.M
     return _add_adapter(model, adapter_name, config, stacklevel=3)
 
 
+def _check_target_spec(name: str, spec: object) -> None:
+    """``target_modules`` / ``exclude_modules``: None, a regex string (or ``"all-linear"``), or an
+    iterable of module-name strings; anything else raises naming the argument."""
+    if spec is None:
+        return
+    if isinstance(spec, str):
+        try:
+            re.compile(spec)
+        except re.error as err:
+            raise ValueError(f"{name}={spec!r} is not a valid regular expression: {err}") from None
+        return
+    if isinstance(spec, (bytes, nn.Module, torch.Tensor)) or not isinstance(spec, Iterable):
+        raise TypeError(
+            f"{name} must be a regex string, 'all-linear', a list of module names or None, got {type(spec).__name__}"
+        )
+    if isinstance(spec, Iterator):  # a generator: read it once here, as a list
+        raise TypeError(f"{name} must be a list of module names, got a one-shot {type(spec).__name__}")
+    bad = [t for t in spec if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"{name} must hold module-name strings, got {bad!r}")
+
+
 def _add_adapter(
     model: nn.Module,
     adapter_name: str,
@@ -125,8 +150,12 @@ def _add_adapter(
     """``init_factors``: for ``init="projection"``, each layer's saved ``M`` instead of a new fit.
     ``targets`` / ``modules_to_save``: exact module names (what a saved adapter was applied to),
     instead of resolving the config's patterns."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(config, MoReConfig):
         raise TypeError(f"config must be a MoReConfig, got {type(config).__name__}")
+    _check_target_spec("target_modules", config.target_modules)
+    _check_target_spec("exclude_modules", config.exclude_modules)
     check_adapter_name(adapter_name)
     outer, model = model, unwrap_model(model)
     configs = dict(adapter_configs(model))
@@ -167,6 +196,15 @@ def _add_adapter(
                 updates[name] = new_update(base, config.nblocks, config.rank, config.layout)
         except ValueError as err:
             raise ValueError(f"cannot adapt layer {name!r}: {err}") from None
+    larger = [n for n, u in updates.items() if u.num_params > u.in_features * u.out_features]
+    if larger:
+        warnings.warn(
+            f"the MoRe update (nblocks={config.nblocks}, rank={config.rank}) has more parameters than the dense "
+            f"weight of {', '.join(map(repr, larger))} ({updates[larger[0]].num_params:,d} > "
+            f"{updates[larger[0]].in_features * updates[larger[0]].out_features:,d} for the first): a smaller rank "
+            f"(or fine-tuning the layer itself) is cheaper",
+            stacklevel=stacklevel,
+        )
     for name, mods in _shared_weight_owners(model, targets).items():
         warnings.warn(
             f"target module {name!r} shares its weight with {', '.join(map(repr, mods))} (tied weights): "
@@ -406,6 +444,8 @@ def merge(model: nn.Module, safe_merge: bool = False) -> nn.Module:
     inside ``with disable_adapter(model)`` (the block computes the base model; a merge there would
     make it compute neither that nor the adapted model).
     """
+    if not isinstance(safe_merge, bool):
+        raise TypeError(f"safe_merge must be True or False, got {safe_merge!r}")
     layers = require_adapter(model)
     _require_enabled(model, "merge")
     if safe_merge:  # check all before changing any

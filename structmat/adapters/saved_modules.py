@@ -11,6 +11,8 @@ import copy
 
 from torch import nn
 
+from .layer import check_adapter_name
+
 
 class ModulesToSaveWrapper(nn.Module):
     """``forward`` runs the active adapter's copy of ``original_module``, or the original itself
@@ -18,6 +20,8 @@ class ModulesToSaveWrapper(nn.Module):
     (``weight``, ``out_features``, ...) are read from the module that ``forward`` would run."""
 
     def __init__(self, module: nn.Module, adapter_name: str):
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
         super().__init__()
         self.original_module = module
         self.modules_to_save = nn.ModuleDict()
@@ -27,6 +31,7 @@ class ModulesToSaveWrapper(nn.Module):
 
     def add_adapter(self, adapter_name: str) -> None:
         """A trainable copy of the original module for ``adapter_name``; the first becomes active."""
+        check_adapter_name(adapter_name)
         if adapter_name in self.modules_to_save:
             raise ValueError(f"this module already has a copy for adapter {adapter_name!r}")
         self.modules_to_save[adapter_name] = copy.deepcopy(self.original_module)

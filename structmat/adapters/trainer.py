@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 
 import torch
+from torch import nn
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
@@ -33,7 +34,11 @@ class MoReTrainer(Trainer):
     without a MoRe adapter is refused up front (its checkpoints would hold nothing).
     """
 
-    def __init__(self, model=None, *args, **kwargs):
+    def __init__(self, model: nn.Module | None = None, *args, **kwargs):
+        if (model is not None or "model_init" not in kwargs) and not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(model, nn.Module) and any(p.is_meta for p in model.parameters()):
+            raise ValueError("model has meta tensors (no data); load its weights first")
         if model is not None and not adapter_configs(model):
             raise ValueError(
                 f"MoReTrainer needs a model with a MoRe adapter (apply_more or load_adapter first); "

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..approximation import seeded
 from ..butterfly import Butterfly
 from ..butterfly.module import next_power_of_two
-from ..checks import check_positive_int
+from ..checks import check_bool, check_positive_int, check_sequence
 from ..lowrank import LowRank
 from ..monarch import Monarch, MonarchShape
 
@@ -51,17 +52,21 @@ def choose_structures(
     check_positive_int("in_features", in_features)
     check_positive_int("out_features", out_features)
     check_positive_int("budget", budget)
+    nblocks = tuple(check_sequence("nblocks", nblocks))
+    check_bool("butterfly", butterfly)
+    for n in nblocks:
+        check_positive_int("nblocks", n)
     cap = min(in_features, out_features)
     out = []
     r = min(budget // (in_features + out_features), cap)
     out.append(StructureChoice("lowrank", r * (in_features + out_features), r, rank=r))
     for n in nblocks:
-        try:
-            MonarchShape.for_more(in_features, out_features, n, 1)
+        try:  # an nblocks that leaves a block with only padding: no member of this family
+            largest = MonarchShape.largest_useful_rank(in_features, out_features, n)
         except ValueError:
             continue
         r = 0
-        while r < cap and _monarch_params(in_features, out_features, n, r + 1) <= budget:
+        while r < largest and _monarch_params(in_features, out_features, n, r + 1) <= budget:
             r += 1
         if r == 0:
             out.append(StructureChoice(f"monarch(nblocks={n})", 0, 0, rank=0, nblocks=n))
@@ -84,7 +89,12 @@ def choose_structures(
 
 
 def empirical_rank(choice: StructureChoice, in_features: int, out_features: int, seed: int = 0) -> int:
-    """Rank of a random float64 instance of ``choice`` (0 when nothing fits)."""
-    torch.manual_seed(seed)
-    op = choice.build(in_features, out_features)
+    """Rank of a random float64 instance of ``choice`` (0 when nothing fits), drawn from ``seed``
+    in a forked generator: the global RNG is left as it was."""
+    if not isinstance(choice, StructureChoice):
+        raise TypeError(f"choice must be a StructureChoice (from choose_structures), got {type(choice).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    with seeded(seed):
+        op = choice.build(in_features, out_features)
     return 0 if op is None else int(torch.linalg.matrix_rank(op.to_dense().detach()))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..butterfly.fit import fit_butterfly
-from ..checks import check_matrix
+from ..checks import check_matrix, check_positive_int, check_sequence
 from ..lowrank.fit import fit_lowrank
 from ..monarch.fit import fit_monarch
 from .capacity import choose_structures
@@ -25,7 +25,7 @@ class CurvePoint:
 
 def approximation_curve(
     W: torch.Tensor,
-    budgets: Iterable[int],
+    budgets: Sequence[int],
     nblocks: tuple[int, ...] = (2, 4, 8),
     butterfly: bool = False,
     butterfly_steps: int = 400,
@@ -38,6 +38,9 @@ def approximation_curve(
     check_matrix("W", W)
     if W.dim() != 2:
         raise ValueError(f"W must be one matrix (out, in), got shape {tuple(W.shape)}")
+    budgets = check_sequence("budgets", budgets)
+    for budget in budgets:
+        check_positive_int("budgets entries", budget)
     out_f, in_f = W.shape
     points: list[CurvePoint] = []
     bf_error: float | None = None

@@ -12,8 +12,24 @@ from .capacity import StructureChoice  # noqa: E402
 from .curves import CurvePoint  # noqa: E402
 
 
+def _check_items(name: str, items: object, kind: type) -> None:
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, kind) for i in items):
+        raise TypeError(f"{name} must be a list of {kind.__name__}, got {type(items).__name__}")
+
+
 def plot_spectra(spectra: Mapping[str, torch.Tensor], title: str = "Singular value spectra") -> Figure:
-    """Normalised singular values (descending) of several matrices, log scale."""
+    """Normalised singular values (descending) of several matrices, log scale.
+
+    ``spectra``: name -> 1-D tensor of singular values (as :func:`singular_values` returns).
+    """
+    if not isinstance(spectra, Mapping) or not spectra:
+        raise ValueError(f"spectra must be a non-empty mapping name -> 1-D tensor of singular values, got {spectra!r}")
+    for name, sv in spectra.items():
+        if not isinstance(sv, torch.Tensor) or sv.dim() != 1 or sv.numel() == 0 or sv.is_complex() or sv.is_meta:
+            shape = tuple(sv.shape) if isinstance(sv, torch.Tensor) else type(sv).__name__
+            raise ValueError(f"spectra[{name!r}] must be a non-empty 1-D real tensor of singular values, got {shape}")
+        if not bool(torch.isfinite(sv).all()):
+            raise ValueError(f"spectra[{name!r}] contains NaN or inf values")
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, sv in spectra.items():
         sv = sv.detach().cpu().double()
@@ -36,6 +52,7 @@ def plot_approximation_curves(
     Errors below ``floor`` (exact fits, ~1e-16) are drawn at ``floor`` so the differences near
     1 stay visible; the axis label says so.
     """
+    _check_items("points", points, CurvePoint)
     fig, ax = plt.subplots(figsize=(6, 4))
     for structure in dict.fromkeys(p.structure for p in points):
         pts = sorted((p.params, p.rel_error) for p in points if p.structure == structure and p.params > 0)
@@ -53,6 +70,7 @@ def plot_approximation_curves(
 
 def plot_rank_capacity(choices: Sequence[StructureChoice], title: str = "Rank capacity") -> Figure:
     """Bars: maximal rank of each structure at the given budget (labels show parameters used)."""
+    _check_items("choices", choices, StructureChoice)
     fig, ax = plt.subplots(figsize=(6, 4))
     names = [c.structure for c in choices]
     ranks = [c.max_rank for c in choices]

@@ -48,7 +48,10 @@ def toeplitz_conv(n: int, width: int = 16, seed: int = 0) -> torch.Tensor:
 
 def target_suite(n: int = 256) -> dict[str, torch.Tensor]:
     """Name -> target matrix (float64): matrices with known structure, ``n x n``. ``n`` must be a
-    power of two (Hadamard). Real pretrained weights: ``structmat.experiments.models.minilm_weight_matrices``."""
+    power of two (Hadamard) and at least 16 (the convolution's kernel has 16 taps). Real pretrained
+    weights: ``structmat.experiments.models.minilm_weight_matrices``."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 16 or n & (n - 1):
+        raise ValueError(f"n must be a power of two >= 16, got {n!r}")
     suite = {
         "Gaussian random": gaussian(n),
         "low rank 8 + 5% noise": low_rank_plus_noise(n),

@@ -30,8 +30,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from ..approximation import relative_error
-from ..checks import check_matrix, check_positive_int
+from ..approximation import normalized, relative_error, seeded
+from ..checks import check_bool, check_matrix, check_nonnegative_int, check_positive_float, check_positive_int
 from . import factorize
 from .module import Butterfly, next_power_of_two
 from .permutation import permutation_from_choices
@@ -103,14 +103,17 @@ def fit_butterfly(
     check_positive_int("restarts", restarts)
     check_positive_int("steps", steps)
     check_positive_int("patience", patience)
-    if lbfgs_steps < 0:
-        raise ValueError(f"lbfgs_steps must be >= 0, got {lbfgs_steps}")
+    check_nonnegative_int("lbfgs_steps", lbfgs_steps)
+    check_positive_float("lr", lr)
+    check_bool("progress", progress, allow_none=True)
+    check_bool("complex", complex, allow_none=True)
     if nblocks is not None:
         check_positive_int("nblocks", nblocks)
     if complex is False and W.is_complex():
         raise ValueError("W is complex: fit it with complex=True (or None)")
     if max_time is not None and not max_time > 0:
         raise ValueError(f"max_time must be positive seconds, got {max_time}")
+    W_in, (W, w_scale) = W, normalized(W)  # fit W / max|W| (float32 for half W): the same at any scale
     real_dtype = W.real.dtype
     tol = _DEFAULT_TOL.get(real_dtype, 1e-2) if tol is None else float(tol)
     if not tol > 0:
@@ -162,8 +165,13 @@ def fit_butterfly(
                 info["phase"] = "closed form + polish"
     finally:
         bar.close()
-    with torch.no_grad():
-        result.fit_error = relative_error(W, result.to_dense())
+    with torch.no_grad():  # scale back: each factor takes scale^(1/factors) (a zero W: M = 0 exactly)
+        w_scale = w_scale * W_in.detach().abs().amax(dim=(-2, -1), keepdim=True).gt(0)
+        factors = result.twiddle.shape[-4]
+        result.twiddle.mul_(w_scale.reshape(*W.shape[:-2], 1, 1, 1, 1).pow(1.0 / factors).to(result.twiddle.dtype))
+        if result.twiddle.real.dtype != W_in.real.dtype:  # half W: the fit ran in float32
+            result = result.to(W_in.real.dtype)
+        result.fit_error = relative_error(W_in, result.to_dense())
     info["recovered"] = bool((result.fit_error <= tol).all())
     info["tol"] = tol
     info["seconds"] = time.perf_counter() - t0
@@ -317,10 +325,7 @@ def _gradient(
     patience, deadline, seed, bar, info,
 ) -> Butterfly:  # fmt: skip
     batch, (out_f, in_f) = W.shape[:-2], W.shape[-2:]
-    state = torch.random.get_rng_state()
-    if seed is not None:
-        torch.manual_seed(seed)
-    try:
+    with seeded(seed, W.device):  # the global RNG is left alone
         bf = Butterfly(
             in_f,
             out_f,
@@ -335,9 +340,6 @@ def _gradient(
             device=W.device,
             dtype=W.real.dtype,
         )
-    finally:
-        if seed is not None:
-            torch.random.set_rng_state(state)
     if relax and restarts > 1:  # half the restarts start (and, sigmoid saturated, stay) at identity
         with torch.no_grad():
             for relaxed in (bf.in_relaxed, bf.out_relaxed):
@@ -355,7 +357,7 @@ def _optimize(bf, W, steps, lr, lbfgs_steps, tol, patience, deadline, bar, info,
     batch = W.shape[:-2]
     real_dtype = W.real.dtype
     target = W.detach().unsqueeze(-3)  # (*batch, 1, out, in)
-    scale = torch.linalg.matrix_norm(target).square().clamp_min(torch.finfo(real_dtype).tiny)
+    scale = torch.linalg.matrix_norm(target).square().clamp_min(1.0)  # >= 1 unless W = 0 (W / max|W| above)
 
     def losses() -> torch.Tensor:  # (*batch, restarts) relative squared errors
         return torch.linalg.matrix_norm(target - bf.to_dense()).square() / scale

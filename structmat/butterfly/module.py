@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import StructuredLinear
-from ..checks import check_float_dtype, check_positive_int
+from ..checks import check_batch_shape, check_bool, check_float_dtype, check_positive_int
 from .permutation import RelaxedPermutation, apply_permutation, bit_reversal_permutation, is_permutation
 
 ButterflyInit = Literal["ortho", "randn", "identity"]
@@ -80,6 +80,14 @@ class Butterfly(StructuredLinear):
         out_features = in_features if out_features is None else out_features
         check_positive_int("out_features", out_features)
         check_positive_int("nblocks", nblocks)
+        batch_shape = check_batch_shape("batch_shape", batch_shape)
+        for flag, value in (
+            ("complex", complex),
+            ("increasing_stride", increasing_stride),
+            ("bit_reversal", bit_reversal),
+            ("real_output", real_output),
+        ):
+            check_bool(flag, value)
         if real_output and not complex:
             raise ValueError("real_output=True needs complex=True (a real butterfly is real already)")
         n = next_power_of_two(max(in_features, out_features, 2))
@@ -273,7 +281,7 @@ def hadamard_butterfly(n: int, normalized: bool = False, **kwargs) -> Butterfly:
     ``scipy.linalg.hadamard(n)`` (Sylvester order) exactly; with ``normalized=True`` every
     twiddle is divided by sqrt(2) and ``M = hadamard(n) / sqrt(n)`` is orthogonal.
     """
-    _check_power_of_two(n)
+    _check_power_of_two(n, normalized)
     bf = Butterfly(n, init="identity", **kwargs)
     h2 = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=bf.twiddle.dtype, device=bf.device)
     if normalized:
@@ -291,7 +299,7 @@ def dft_butterfly(n: int, normalized: bool = False, **kwargs) -> Butterfly:
     ``to_dense()`` equals ``torch.fft.fft(torch.eye(n), dim=0)``; ``normalized=True`` divides
     by sqrt(n) (unitary, ``norm="ortho"``).
     """
-    _check_power_of_two(n)
+    _check_power_of_two(n, normalized)
     bf = Butterfly(n, complex=True, bit_reversal=True, increasing_stride=True, init="identity", **kwargs)
     m = bf.nfactors
     tw = torch.empty(m, n // 2, 2, 2, dtype=bf.twiddle.dtype)
@@ -308,7 +316,8 @@ def dft_butterfly(n: int, normalized: bool = False, **kwargs) -> Butterfly:
     return bf
 
 
-def _check_power_of_two(n: int) -> None:
+def _check_power_of_two(n: int, normalized: bool) -> None:
+    check_bool("normalized", normalized)
     check_positive_int("n", n)
     if n < 2 or n & (n - 1):
         raise ValueError(f"n must be a power of two >= 2, got {n}")

@@ -3,9 +3,79 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import time
+from collections.abc import Callable
 
 import torch
+
+
+def _integer(lo: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``lo`` (else an argparse error, exit status 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _probability(text: str) -> float:
+    """An argparse type: a number in [0, 1) (a dropout probability)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
+
+
+def _prepare_out_file(parser: argparse.ArgumentParser, option: str, path: str | None) -> None:
+    """Fail before any work when ``path`` cannot be written as a file; create its folder."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        parser.error(f"{option} {path!r} is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        parser.error(f"{option} {path!r}: cannot create its folder ({err.strerror})")
+    if not os.access(folder, os.W_OK):
+        parser.error(f"{option} {path!r}: its folder is not writable")
+
+
+def _prepare_out_folder(parser: argparse.ArgumentParser, option: str, path: str | None) -> None:
+    """Fail before any work when ``path`` cannot be a folder to write into; create it."""
+    if path is None:
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        parser.error(f"{option} {path!r} exists and is not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        parser.error(f"{option} {path!r}: cannot create the folder ({err.strerror})")
+    if not os.access(path, os.W_OK):
+        parser.error(f"{option} {path!r} is not writable")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -47,19 +117,70 @@ TASKS = {"minilm": ["rotten_tomatoes"], "smollm2": ["bigbench:arithmetic", "bigb
 DEFAULT_TARGETS = {"minilm": "query,value", "smollm2": "q_proj,k_proj,v_proj"}
 
 
+# (in_features, out_features) of the linear layers each target name hits, to check --rank and
+# --nblocks before the model loads (all-MiniLM-L6-v2: hidden 384, MLP 1536; SmolLM2-135M: hidden
+# 576, 3 key/value heads of 64, MLP 1536). Other names are checked when the adapter is applied.
+LAYER_SHAPES = {
+    "minilm": {
+        "query": [(384, 384)], "key": [(384, 384)], "value": [(384, 384)],
+        "dense": [(384, 384), (384, 1536), (1536, 384)],
+    },
+    "smollm2": {
+        "q_proj": [(576, 576)], "o_proj": [(576, 576)], "k_proj": [(576, 192)], "v_proj": [(576, 192)],
+        "gate_proj": [(576, 1536)], "up_proj": [(576, 1536)], "down_proj": [(1536, 576)],
+    },
+}  # fmt: skip
+
+
+def _check_finetune(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Everything about the arguments that can be checked before a model loads (argparse errors)."""
+    from ..checks import check_useful_rank
+    from ..monarch import MonarchShape
+
+    task = args.task if args.task is not None else TASKS[args.model][0]
+    if task not in TASKS[args.model]:
+        parser.error(f"--task {task!r} is not available for --model {args.model}; choose from {TASKS[args.model]}")
+    if args.method == "none" and args.model != "minilm":
+        parser.error("--method none (head only) applies to --model minilm only")
+    if args.method == "none" and args.save_adapter:
+        parser.error("--save-adapter needs --method more or lora: --method none trains no adapter")
+    if args.model == "minilm" and args.max_length > 512:
+        parser.error(f"--max-length {args.max_length}: all-MiniLM-L6-v2 takes at most 512 tokens")
+    if args.model_dropout is not None and args.model != "minilm":
+        parser.error("--model-dropout applies to --model minilm only")
+    targets = args.targets if args.targets is not None else DEFAULT_TARGETS[args.model]
+    names = [t.strip() for t in targets.split(",")] if targets != "all-linear" else list(LAYER_SHAPES[args.model])
+    if not all(names):
+        parser.error(f"--targets {args.targets!r} has an empty name; give comma-separated module names or all-linear")
+    shapes = {shape for name in names for shape in LAYER_SHAPES[args.model].get(name, [])}
+    for in_f, out_f in sorted(shapes):
+        try:
+            if args.method == "more":
+                MonarchShape.for_more(in_f, out_f, args.nblocks, args.rank)
+            elif args.method == "lora":
+                check_useful_rank(args.rank, min(in_f, out_f), f"a LoRA update of a ({out_f}, {in_f}) layer")
+        except ValueError as err:
+            parser.error(f"--rank {args.rank} / --nblocks {args.nblocks} do not fit a {in_f}->{out_f} layer: {err}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    _prepare_out_file(parser, "--out", args.out)
+    _prepare_out_folder(parser, "--save-adapter", args.save_adapter)
+
+
+def _check_report(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    _prepare_out_folder(parser, "--out", args.out)
+
+
 def _finetune(args: argparse.Namespace) -> int:
     import json
-    import os
 
     import torch.distributed as dist
 
     from .loop import world
 
-    task = args.task or TASKS[args.model][0]
-    if task not in TASKS[args.model]:
-        raise SystemExit(f"--task {task!r} is not available for --model {args.model}; choose from {TASKS[args.model]}")
-    targets = args.targets or DEFAULT_TARGETS[args.model]
-    targets = targets if targets == "all-linear" else tuple(targets.split(","))
+    task = args.task if args.task is not None else TASKS[args.model][0]
+    targets = args.targets if args.targets is not None else DEFAULT_TARGETS[args.model]
+    targets = targets if targets == "all-linear" else tuple(t.strip() for t in targets.split(","))
     device = args.device
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         if device == "cuda":  # one GPU per process, as torchrun / accelerate number them
@@ -74,8 +195,6 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.model == "smollm2":
         from .causal import CausalConfig, run_causal
 
-        if args.method == "none":
-            raise SystemExit("--method none (head only) applies to --model minilm only")
         cfg = CausalConfig(task=task.split(":", 1)[1], evaluate_before=True, **common)
         result = run_causal(cfg)
     else:
@@ -104,13 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="structmat", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="fit the three structures to a matrix and print a table")
-    demo.add_argument("--size", type=int, default=256, help="matrix size n (n x n), default 256")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
+    demo.add_argument("--size", type=_integer(16), default=256, help="matrix size n (n x n), at least 16; default 256")
+    demo.add_argument("--seed", type=_integer(0), default=0)
+    demo.set_defaults(func=_demo, check=None, parser=demo)
     rep = sub.add_parser("report", help="the expressivity study: markdown report with figures (main job)")
     rep.add_argument("--out", default="report", help="output folder (default: ./report)")
     rep.add_argument("--quick", action="store_true", help="small sizes, synthetic targets only (seconds)")
-    rep.set_defaults(func=_report)
+    rep.set_defaults(func=_report, check=_check_report, parser=rep)
     ft = sub.add_parser(
         "finetune",
         help="fine-tune offline with MoRe or LoRA: MiniLM on Rotten Tomatoes, or SmolLM2 on BIG-bench",
@@ -124,27 +243,27 @@ def main(argv: list[str] | None = None) -> int:
         help="minilm: rotten_tomatoes; smollm2: bigbench:arithmetic (default) or bigbench:strategyqa",
     )
     ft.add_argument("--method", choices=["more", "lora", "none"], default="more")
-    ft.add_argument("--rank", type=int, default=1, help="MoRe block rank / LoRA rank")
-    ft.add_argument("--nblocks", type=int, default=4)
+    ft.add_argument("--rank", type=_integer(1), default=1, help="MoRe block rank / LoRA rank")
+    ft.add_argument("--nblocks", type=_integer(1), default=4)
     ft.add_argument(
         "--targets",
         default=None,
         help="comma-separated target module names, or all-linear (default: query,value for minilm, "
         "q_proj,k_proj,v_proj for smollm2)",
     )
-    ft.add_argument("--lr", type=float, default=2e-3)
-    ft.add_argument("--epochs", type=int, default=1)
-    ft.add_argument("--batch-size", type=int, default=32)
-    ft.add_argument("--max-length", type=int, default=64, help="minilm: tokens per review")
+    ft.add_argument("--lr", type=_positive_float, default=2e-3)
+    ft.add_argument("--epochs", type=_integer(1), default=1)
+    ft.add_argument("--batch-size", type=_integer(1), default=32)
+    ft.add_argument("--max-length", type=_integer(1), default=64, help="minilm: tokens per review")
     ft.add_argument(
         "--model-dropout",
-        type=float,
+        type=_probability,
         default=None,
         help="minilm: the model's own hidden/attention dropout (default: its 0.1; 0 for deterministic runs)",
     )
-    ft.add_argument("--train-size", type=int, default=3000, help="training examples (up to the split's size)")
-    ft.add_argument("--test-size", type=int, default=1000, help="test examples (up to the split's size)")
-    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--train-size", type=_integer(1), default=3000, help="training examples (up to the split's size)")
+    ft.add_argument("--test-size", type=_integer(1), default=1000, help="test examples (up to the split's size)")
+    ft.add_argument("--seed", type=_integer(0), default=0)
     ft.add_argument(
         "--device", choices=["cpu", "cuda"], default="cpu", help="where to train (DDP uses gloo on cpu, nccl on cuda)"
     )
@@ -155,8 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         help="save the trained adapter into DIR (MoRe: structmat.adapters.load_adapter/from_pretrained "
         "read it; LoRA: PEFT's format)",
     )
-    ft.set_defaults(func=_finetune)
+    ft.set_defaults(func=_finetune, check=_check_finetune, parser=ft)
     args = parser.parse_args(argv)
+    for action in args.parser._actions:  # argparse (3.11) turns "--size=--" into [] without calling the type
+        if action.nargs is None and action.type is not None and isinstance(getattr(args, action.dest, None), list):
+            args.parser.error(f"argument {'/'.join(action.option_strings)}: expected one value")
+    if args.check is not None:  # argparse errors (exit status 2) before any model loads or work starts
+        args.check(args.parser, args)
     return args.func(args)
 
 

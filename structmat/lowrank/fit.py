@@ -6,9 +6,16 @@ from typing import Literal
 
 import torch
 
-from ..approximation import relative_error
-from ..checks import check_matrix, check_positive_int, check_rank_fits
+from ..approximation import normalized, relative_error, seeded
+from ..checks import check_matrix, check_nonnegative_int, check_positive_int, check_useful_rank
 from .module import LowRank
+
+
+def _check_rank(W: torch.Tensor, rank: object) -> int:
+    check_positive_int("rank", rank)
+    out_f, in_f = W.shape[-2:]
+    check_useful_rank(rank, min(out_f, in_f), f"a low-rank ({out_f}, {in_f}) matrix")
+    return rank
 
 
 def fit_lowrank(
@@ -18,40 +25,63 @@ def fit_lowrank(
     method: Literal["svd", "randomized"] = "svd",
     oversample: int = 10,
     niter: int = 4,
+    seed: int | None = 0,
 ) -> LowRank:
     """Rank-``rank`` approximation ``B @ A`` of ``W`` (``(..., out, in)``, not modified).
 
     ``method="svd"``: truncated SVD, optimal in Frobenius and spectral norm (Eckart-Young).
     ``method="randomized"``: Halko-Martinsson-Tropp range finder with ``rank + oversample``
     random probes and ``niter`` power iterations (``torch.svd_lowrank``); near-optimal and
-    much cheaper when ``rank << min(out, in)``. Either way the returned :class:`LowRank`
-    (``batch_shape = W.shape[:-2]``, singular values split ``sqrt`` on each side) carries
-    ``fit_error``, the achieved ``||W - BA||_F / ||W||_F`` measured on the result.
+    much cheaper when ``rank << min(out, in)``. Its probes come from ``seed`` and leave the
+    global RNG alone (``seed=None``: drawn from the global RNG).
+    Either way the returned :class:`LowRank` (``batch_shape = W.shape[:-2]``, ``W``'s dtype,
+    singular values split ``sqrt`` on each side) carries ``fit_error``, the achieved
+    ``||W - BA||_F / ||W||_F`` measured on the result.
+
+    The work is done on ``W / max|W|`` (float32 for float16/bfloat16 ``W``), so the relative
+    error does not depend on the scale of ``W``. A rank above ``min(out, in)`` adds no capacity
+    and is refused (:func:`structmat.checks.check_useful_rank`).
     """
     check_matrix("W", W)
-    check_positive_int("rank", rank)
+    _check_rank(W, rank)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {seed!r}")
+    check_nonnegative_int("oversample", oversample)
+    check_nonnegative_int("niter", niter)
+    if method not in ("svd", "randomized"):
+        raise ValueError(f"method must be 'svd' or 'randomized', got {method!r}")
     out_f, in_f = W.shape[-2:]
-    check_rank_fits(rank, in_f, out_f)
+    Wn, scale = normalized(W)  # (..., out, in), (..., 1, 1)
     with torch.no_grad():
         if method == "svd":
-            U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+            U, S, Vh = torch.linalg.svd(Wn, full_matrices=False)
             U, S, Vh = U[..., :rank], S[..., :rank], Vh[..., :rank, :]
-        elif method == "randomized":
-            check_positive_int("niter", niter + 1)  # 0 allowed
-            q = min(rank + oversample, out_f, in_f)
-            U, S, V = torch.svd_lowrank(W, q=q, niter=niter)
-            U, S, Vh = U[..., :rank], S[..., :rank], V[..., :rank].mT
         else:
-            raise ValueError(f"method must be 'svd' or 'randomized', got {method!r}")
-        sq = S.sqrt()
-        lowrank = LowRank.from_factors((Vh * sq.unsqueeze(-1)).contiguous(), (U * sq.unsqueeze(-2)).contiguous())
-        lowrank.fit_error = relative_error(W, lowrank.to_dense())
+            q = min(rank + oversample, out_f, in_f)
+            with seeded(seed, Wn.device):
+                U, S, V = torch.svd_lowrank(Wn, q=q, niter=niter)
+            U, S, Vh = U[..., :rank], S[..., :rank], V[..., :rank].mT
+        sq = S.sqrt()  # (..., rank)
+        A = Vh * sq.unsqueeze(-1)  # (..., rank, in), of W / scale
+        B = U * sq.unsqueeze(-2)  # (..., out, rank)
+        root = scale.sqrt()  # (..., 1, 1): half of the scale on each factor
+        lowrank = LowRank.from_factors((A * root).to(W.dtype).contiguous(), (B * root).to(W.dtype).contiguous())
+        # measured on the returned factors (rounded to W's dtype), brought back to W / scale
+        A_back, B_back = lowrank.A.to(Wn.dtype) / root, lowrank.B.to(Wn.dtype) / root
+        lowrank.fit_error = relative_error(Wn, B_back @ A_back).to(W.dtype)
     return lowrank
 
 
 def lowrank_optimal_error(W: torch.Tensor, rank: int) -> torch.Tensor:
-    """``sqrt(sum_{i >= rank} sigma_i(W)^2) / ||W||_F``, shape ``W.shape[:-2]`` (``W`` may be complex)."""
+    """``sqrt(sum_{i >= rank} sigma_i(W)^2) / ||W||_F``, shape ``W.shape[:-2]``, in ``W``'s real dtype
+    (0 for a zero ``W``; ``W`` may be complex); computed on ``W / max|W|``, so it does not depend on
+    the scale."""
     check_matrix("W", W, allow_complex=True)
-    check_positive_int("rank", rank)
-    sv = torch.linalg.svdvals(W)
-    return sv[..., rank:].square().sum(-1).sqrt() / torch.linalg.matrix_norm(W)
+    _check_rank(W, rank)
+    Wn, _ = normalized(W)
+    with torch.no_grad():
+        sv = torch.linalg.svdvals(Wn)  # (..., min(out, in))
+        total = sv.square().sum(-1)
+        tail = sv[..., rank:].square().sum(-1)
+        err = torch.where(total > 0, tail / torch.where(total > 0, total, torch.ones_like(total)), total).sqrt()
+    return err.to(W.real.dtype if W.is_complex() else W.dtype)

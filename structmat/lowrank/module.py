@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..base import StructuredLinear
-from ..checks import check_float_dtype, check_positive_int, check_rank_fits
+from ..checks import check_batch_shape, check_float_dtype, check_positive_int, check_useful_rank
 from ..init import Init, init_factor_
 
 
@@ -34,7 +34,8 @@ class LowRank(StructuredLinear):
         check_positive_int("in_features", in_features)
         check_positive_int("out_features", out_features)
         check_positive_int("rank", rank)
-        check_rank_fits(rank, in_features, out_features)
+        check_useful_rank(rank, min(in_features, out_features), f"a low-rank ({out_features}, {in_features}) matrix")
+        batch_shape = check_batch_shape("batch_shape", batch_shape)
         dtype = dtype if dtype is not None else torch.get_default_dtype()
         check_float_dtype("dtype", dtype)
         A = torch.empty(*batch_shape, rank, in_features, device=device, dtype=dtype)

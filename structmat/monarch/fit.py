@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..approximation import relative_error
+from ..approximation import normalized, relative_error
 from ..checks import check_matrix
 from .module import Monarch
 from .structure import Layout, MonarchShape
@@ -129,13 +129,21 @@ def fit_monarch(
         and MoRe shapes ``blkdiag1 (nblocks, rank, ceil(in/nblocks))``,
         ``blkdiag2 (nblocks, ceil(out/nblocks), rank)`` (or ``structure``'s shapes). Its
         ``fit_error`` holds the achieved relative error ``||W - M||_F / ||W||_F`` (shape
-        ``W.shape[:-2]``).
+        ``W.shape[:-2]``), measured on the returned factors.
+
+    The decomposition runs on ``W / max|W|`` (float32 for float16/bfloat16 ``W``) and the
+    scale goes back into the factors (``sqrt`` on each side), so the relative error does not
+    depend on the scale of ``W``. A rank that adds no capacity is refused, naming the largest
+    useful one (:func:`structmat.checks.check_useful_rank`).
     """
     check_matrix("W", W)
     shape = _resolve_shape(W, nblocks, rank, structure, layout)
+    if method not in ("auto", "svd", "gram"):
+        raise ValueError(f"method must be 'auto', 'svd' or 'gram', got {method!r}")
     batch = W.shape[:-2]
+    Wn, scale = normalized(W)  # (*batch, out, in) in the compute dtype, (*batch, 1, 1)
     with torch.no_grad():
-        blocks = monarch_blocks(W, shape)  # (*batch, l, k, s, p)
+        blocks = monarch_blocks(Wn, shape)  # (*batch, l, k, s, p)
         t = torch.as_tensor(shape.block_ranks)  # (l, k)
         d_act, a_act = torch.nonzero(t, as_tuple=True)  # blocks that own middle indices
         kmax = min(int(t.max()), shape.s, shape.p)
@@ -154,12 +162,25 @@ def fit_monarch(
         v_rows = Vh[..., pos, ii, :] * sq.unsqueeze(-1)  # (*batch, J, p)
         u_cols = U.mT[..., pos, ii, :] * sq.unsqueeze(-1)  # (*batch, J, s)
 
-        blkdiag1 = W.new_zeros(*batch, shape.k, shape.q, shape.p)
+        blkdiag1 = Wn.new_zeros(*batch, shape.k, shape.q, shape.p)
         blkdiag1[..., idx["a"].to(dev), idx["b"].to(dev), :] = v_rows
-        blkdiag2_t = W.new_zeros(*batch, shape.l, shape.r, shape.s)
+        blkdiag2_t = Wn.new_zeros(*batch, shape.l, shape.r, shape.s)
         blkdiag2_t[..., idx["d"].to(dev), idx["c"].to(dev), :] = u_cols
-        monarch = Monarch.from_factors(blkdiag1, blkdiag2_t.mT.contiguous(), shape.in_features, shape.out_features)
-        monarch.fit_error = relative_error(W, monarch.to_dense())
+        root = scale.sqrt().unsqueeze(-1)  # (*batch, 1, 1, 1): half of the scale on each factor
+        monarch = Monarch.from_factors(
+            (blkdiag1 * root).to(W.dtype),
+            (blkdiag2_t.mT * root).to(W.dtype).contiguous(),
+            shape.in_features,
+            shape.out_features,
+        )
+        # measured on the returned factors (rounded to W's dtype), brought back to W / scale
+        back = Monarch.from_factors(
+            monarch.blkdiag1.to(Wn.dtype) / root,
+            monarch.blkdiag2.to(Wn.dtype) / root,
+            shape.in_features,
+            shape.out_features,
+        )
+        monarch.fit_error = relative_error(Wn, back.to_dense()).to(W.dtype)
     return monarch
 
 
@@ -169,15 +190,19 @@ def monarch_optimal_error(
     """The optimal relative error ``min_M ||W - M||_F / ||W||_F`` over Monarch ``M``.
 
     ``sqrt(sum over blocks (d, a) of sum_{i >= t(d, a)} sigma_i(W_(d,a))^2) / ||W||_F``,
-    from the singular values of every block; shape ``W.shape[:-2]``. ``nblocks`` (default 4),
-    ``rank`` and ``structure`` as in :func:`fit_monarch`. ``W`` may be complex (the optimum over
-    complex Monarch factors).
+    from the singular values of every block; shape ``W.shape[:-2]``, in ``W``'s real dtype (0 for
+    a zero ``W``). ``nblocks`` (default 4), ``rank`` and ``structure`` as in :func:`fit_monarch`.
+    ``W`` may be complex (the optimum over complex Monarch factors). Computed on ``W / max|W|``,
+    so it does not depend on the scale of ``W``.
     """
     check_matrix("W", W, allow_complex=True)
     shape = _resolve_shape(W, nblocks, rank, structure)
+    Wn, _ = normalized(W)
     with torch.no_grad():
-        sv = torch.linalg.svdvals(monarch_blocks(W, shape))  # (*batch, l, k, min(s, p))
+        sv = torch.linalg.svdvals(monarch_blocks(Wn, shape))  # (*batch, l, k, min(s, p))
         t = torch.as_tensor(shape.block_ranks, device=W.device)
         tail = torch.arange(sv.shape[-1], device=W.device) >= t.unsqueeze(-1)  # (l, k, min)
         err2 = (sv.square() * tail).sum(dim=(-3, -2, -1))
-        return err2.sqrt() / torch.linalg.matrix_norm(W)
+        total = sv.square().sum(dim=(-3, -2, -1))  # ||W / max|W| ||_F^2: the blocks tile W
+        err = torch.where(total > 0, err2 / torch.where(total > 0, total, torch.ones_like(total)), total).sqrt()
+        return err.to(W.real.dtype)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import StructuredLinear
-from ..checks import check_float_dtype
+from ..checks import check_batch_shape, check_float_dtype
 from ..init import Init, init_factor_
 from .multiply import monarch_multiply
 from .structure import Layout, MonarchShape
@@ -61,6 +61,7 @@ class Monarch(StructuredLinear):
         dtype: torch.dtype | None = None,
     ):
         structure = MonarchShape.for_more(in_features, out_features, nblocks, rank, layout)
+        batch_shape = check_batch_shape("batch_shape", batch_shape)
         dtype = dtype if dtype is not None else torch.get_default_dtype()
         check_float_dtype("dtype", dtype)
         kw = {"device": device, "dtype": dtype}

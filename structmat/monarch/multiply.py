@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_float_dtype
 from .dispatch import Path, select_path
 from .functions import BmmFunction, ExpandedFunction, multiply_einsum
 
@@ -17,17 +18,44 @@ def monarch_multiply(
     add: torch.Tensor | None = None,  # like the result
     recompute_middle: bool = False,
 ) -> torch.Tensor:  # (..., l*s)
-    """Multiply ``x`` by the Monarch matrix of the two factors (no padding, no checks: the
-    :class:`~structmat.Monarch` module pads, crops and checks).
+    """Multiply ``x`` by the Monarch matrix of the two factors (no padding: the
+    :class:`~structmat.Monarch` module pads and crops; arguments are checked and named).
 
     ``add``: return ``add + x @ M.T`` with the add fused into the last step (``addmm`` on the
     expanded path, the output permutation's copy on the bmm path), so the update never exists
     as a tensor of its own. ``recompute_middle``: keep only ``x`` for backward and recompute the
     middle ``(n, k*q)`` activations there (what an adapter wants; see :mod:`.functions`).
     """
+    _check_multiply_args(x, blkdiag1, blkdiag2)
     return run_path(
         select_path(x, blkdiag1, blkdiag2), x, blkdiag1, blkdiag2, add=add, save_middle=not recompute_middle
     )
+
+
+def _check_multiply_args(x: object, blkdiag1: object, blkdiag2: object) -> None:
+    for name, t, dims in (("x", x, 1), ("blkdiag1", blkdiag1, 3), ("blkdiag2", blkdiag2, 3)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        check_float_dtype(name, t.dtype)
+        if t.dim() < dims or 0 in t.shape[-dims:]:
+            raise ValueError(f"{name} must have at least {dims} non-empty dims, got shape {tuple(t.shape)}")
+    k, q, p = blkdiag1.shape[-3:]
+    l, s, r = blkdiag2.shape[-3:]
+    if blkdiag1.shape[:-3] != blkdiag2.shape[:-3] or l * r != k * q:
+        raise ValueError(
+            f"blkdiag1 (*batch, k, q, p) and blkdiag2 (*batch, l, s, r) need equal batch dims and l*r == k*q, got "
+            f"{tuple(blkdiag1.shape)} and {tuple(blkdiag2.shape)}"
+        )
+    if x.shape[-1] != k * p:
+        raise ValueError(f"x must have last dimension k*p={k * p}, got shape {tuple(x.shape)}")
+    if not x.device == blkdiag1.device == blkdiag2.device:
+        raise ValueError(
+            f"x, blkdiag1 and blkdiag2 must be on one device, got {x.device}, {blkdiag1.device}, {blkdiag2.device}"
+        )
+    if not (x.dtype == blkdiag1.dtype == blkdiag2.dtype or torch.is_autocast_enabled(x.device.type)):
+        raise TypeError(
+            f"x, blkdiag1 and blkdiag2 must have one dtype, got {x.dtype}, {blkdiag1.dtype}, {blkdiag2.dtype}"
+        )
 
 
 def run_path(

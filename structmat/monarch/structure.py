@@ -19,7 +19,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_flow
 
-from ..checks import ceil_div, check_positive_int, check_rank_fits
+from ..checks import ceil_div, check_positive_int, check_useful_rank
 
 Layout = Literal["structmat", "reference"]
 LAYOUTS: tuple[str, ...] = ("structmat", "reference")
@@ -71,9 +71,11 @@ class MonarchShape:
         code's ``s = ceil(p*out/in)`` (so that its checkpoints load: 1000->2500 with 3 blocks is
         ``s = 835`` there, 834 here). Both are the same when ``nblocks`` divides both sizes.
 
-        Refuses (naming the argument) a rank above ``min(in, out)`` and an ``nblocks`` that
-        would leave a block with only padding; the message names the largest ``nblocks`` that
-        works (the reference lowers it silently).
+        Refuses (naming the argument) an ``nblocks`` that would leave a block with only
+        padding (the message names the largest ``nblocks`` that works; the reference lowers it
+        silently) and a rank that adds no capacity (above :meth:`largest_useful_rank`, the rule
+        of :func:`structmat.checks.check_useful_rank`; the same in both layouts, since the
+        extra rows of the reference's layout are cropped padding).
         """
         check_positive_int("in_features", in_features)
         check_positive_int("out_features", out_features)
@@ -81,7 +83,6 @@ class MonarchShape:
         check_positive_int("rank", rank)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        check_rank_fits(rank, in_features, out_features)
         if not _nblocks_fit(in_features, out_features, nblocks):
             best = max(n for n in range(1, nblocks) if _nblocks_fit(in_features, out_features, n))
             raise ValueError(
@@ -89,9 +90,42 @@ class MonarchShape:
                 f"out_features={out_features}: with blocks of ceil(size / nblocks) some block "
                 f"would hold only padding; the largest nblocks <= {nblocks} that works is {best}"
             )
+        largest = cls.largest_useful_rank(in_features, out_features, nblocks)
+        check_useful_rank(rank, largest, f"a Monarch of shape ({out_features}, {in_features}) with nblocks={nblocks}")
         p = ceil_div(in_features, nblocks)
         s = ceil_div(out_features, nblocks) if layout == "structmat" else ceil_div(p * out_features, in_features)
         return cls(nblocks, rank, p, nblocks, s, rank, in_features, out_features)
+
+    @staticmethod
+    def largest_useful_rank(in_features: int, out_features: int, nblocks: int) -> int:
+        """The smallest MoRe block rank at which a Monarch of this size reaches every matrix.
+
+        With MoRe shapes (``k = l = nblocks``, ``q = r = rank``) block ``(d, a)`` of ``M`` owns
+        ``t(d, a) = floor(rank / N) + [((d - a*rank) mod N) < rank mod N]`` middle indices
+        (``N = nblocks``) and is any matrix of rank ``<= t(d, a)``. It is saturated once
+        ``t(d, a) >= m(d, a) = min(real rows of group d, real columns of chunk a)``; the first
+        rank that saturates every block lies in ``(N * (max m - 1), N * max m]`` (below, the
+        largest block cannot be saturated; at ``N * max m`` every ``t`` is ``max m``). Every
+        larger rank gives the same set (all matrices) with more parameters. ``min(out, in)``
+        when ``nblocks`` divides both sizes.
+        """
+        check_positive_int("in_features", in_features)
+        check_positive_int("out_features", out_features)
+        check_positive_int("nblocks", nblocks)
+        p, s = ceil_div(in_features, nblocks), ceil_div(out_features, nblocks)
+        if not _nblocks_fit(in_features, out_features, nblocks):
+            raise ValueError(f"nblocks={nblocks} does not fit in_features={in_features}, out_features={out_features}")
+        n = nblocks
+        cols = np.clip(in_features - np.arange(n) * p, 0, p)  # (k,) real columns of chunk a
+        rows = ((np.arange(s)[:, None] * n + np.arange(n)[None, :]) < out_features).sum(axis=0)  # (l,)
+        m = np.minimum(rows[:, None], cols[None, :])  # (l, k): the rank that saturates block (d, a)
+        top = int(m.max())
+        d, a = np.arange(n)[:, None], np.arange(n)[None, :]
+        for rank in range(n * (top - 1) + 1, n * top + 1):
+            t = rank // n + ((d - a * rank) % n < rank % n)
+            if (t >= m).all():
+                return rank
+        raise AssertionError("unreachable: rank N * max m saturates every block")  # pragma: no cover
 
     @property
     def middle(self) -> int:

@@ -133,10 +133,14 @@ class StructuredLinear(nn.Module, ABC):
         return x
 
     def _input_dtypes(self) -> tuple[torch.dtype, ...]:
-        """The dtypes :meth:`forward` takes: the module's (a complex module also takes its real
-        dtype). Under autocast torch casts for the products, so any float dtype is taken then."""
+        """The dtypes :meth:`forward` takes: the module's, and its complex (real) counterpart:
+        a complex module takes real ``x`` as complex, a real one applies to the real and
+        imaginary parts of complex ``x``. Under autocast torch casts for the products, so any
+        float dtype is taken then."""
         dtype = self.dtype
-        return (dtype, dtype.to_real()) if dtype.is_complex else (dtype,)
+        if dtype.is_complex:
+            return (dtype, dtype.to_real())
+        return (dtype, dtype.to_complex()) if dtype in (torch.float32, torch.float64) else (dtype,)
 
     def to_dense(self) -> torch.Tensor:
         """The matrix ``M``, of shape ``(*batch_shape, out_features, in_features)``."""

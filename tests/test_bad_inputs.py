@@ -220,6 +220,20 @@ def _curve():
     return [analysis.CurvePoint("lowrank", 64, 64, 0.5, 2), analysis.CurvePoint("lowrank", 128, 128, 0.3, 4)]
 
 
+def reference_checkpoint_file():
+    folder = tempfile.mkdtemp(prefix="structmat-bad-inputs-")
+    model = tiny_bert()
+    q = model.bert.encoder.layer[0].attention.self.query  # 32 -> 32, 4 blocks of rank 1
+    state = {"bert.encoder.layer.0.attention.self.query.blkdiag1": torch.randn(4, 1, q.in_features // 4)}
+    state["bert.encoder.layer.0.attention.self.query.blkdiag2"] = torch.randn(4, q.out_features // 4, 1)
+    torch.save(state, f"{folder}/adapter.pt")
+    return f"{folder}/adapter.pt"
+
+
+def _recovery_rows():
+    return [analysis.RecoveryRow("dft", 8, "monarch", 32, 0.5, False, "nblocks 2", 0.0)]
+
+
 VALID_W = {"W": W}
 SPECS: dict[str, Spec] = {
     # structmat
@@ -368,6 +382,35 @@ SPECS: dict[str, Spec] = {
     "load_adapters": Spec(adapters.load_adapters, {"model": tiny_bert, "path": saved_adapter_dir}),
     "from_pretrained": Spec(adapters.from_pretrained, {"path": saved_adapter_dir}, skip_args=("path",)),
     "MoReTrainer": Spec(lambda model: adapters.MoReTrainer(model=model), {"model": adapted}),
+    "MonarchLinear": Spec(
+        adapters.MonarchLinear, {"monarch": lambda: structmat.Monarch(8, 8, 2, 1), "bias": lambda: torch.zeros(8)}
+    ),
+    "replace_with_monarch": Spec(
+        adapters.replace_with_monarch,
+        {"model": tiny_bert, "target_modules": lambda: ["query"], "nblocks": lambda: 4, "rank": lambda: 1}
+        | {"train_bias": lambda: False},
+        names=("in_features", "out_features", "target"),
+    ),
+    "import_reference_checkpoint": Spec(
+        adapters.import_reference_checkpoint,
+        {"model": tiny_bert, "path": reference_checkpoint_file, "dropout": lambda: 0.0},
+        names=("checkpoint", "model"),
+    ),
+    # new structures and the transform table
+    "MonarchShape": Spec(
+        structmat.MonarchShape.from_factor_shapes,
+        {"blkdiag1_shape": lambda: (4, 2, 3), "blkdiag2_shape": lambda: (2, 5, 4)},
+        names=("k", "q", "p", "l", "s", "r", "in_features", "out_features", "factor"),
+    ),
+    "dft_monarch": Spec(structmat.dft_monarch, {"n": lambda: 16, "normalized": lambda: False}),
+    "transform_suite": Spec(analysis.transform_suite, {"n": lambda: 16, "seed": lambda: 0}),
+    "recovery_table": Spec(
+        analysis.recovery_table,
+        {"n": lambda: 8, "targets": lambda: ["hadamard"], "threshold": lambda: 1e-4, "steps": lambda: 5}
+        | {"progress": lambda: False},
+    ),
+    "recovery_markdown": Spec(analysis.recovery_markdown, {"rows": _recovery_rows}),
+    "RecoveryRow": Spec(lambda rows: analysis.recovery_markdown(rows), {"rows": _recovery_rows}),
 }
 # from_pretrained's only argument is a folder whose base model it loads: its bad values are the
 # path ones read_adapter_config and load_adapter already get.

@@ -546,7 +546,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     the first) becomes active. Each adapter is read once; all are checked (and must come from one
     save) before the model changes, and what was checked is what is loaded."""
     outer, model = model, unwrap_model(model)
-    path = Path(path)
+    path = _check_path(path)
     names = saved_adapter_names(path)
     if not names:
         _foreign_config_error(path)

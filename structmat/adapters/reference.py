@@ -22,7 +22,7 @@ from torch import nn
 
 from ..monarch.structure import MonarchShape
 from .config import MoReConfig
-from .layer import base_shape
+from .layer import base_shape, check_adapter_name
 from .model import apply_more, more_layers, saved_modules, unwrap_model
 from .targets import is_linear
 
@@ -39,9 +39,13 @@ def read_reference_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor
     Loaded with ``torch.load(..., weights_only=True)``: a pickle holding code or objects other
     than tensors and plain containers raises before anything is built from it.
     """
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+    if not os.path.isfile(path):
+        raise ValueError(f"path {str(path)!r} is not a file (a reference checkpoint written by torch.save)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
         raise ValueError(
             f"{str(path)!r} is not a tensors-only checkpoint; it was refused without unpickling it "
             f"(torch.load weights_only=True): {str(err).splitlines()[0]}"
@@ -85,8 +89,11 @@ def import_reference_checkpoint(
     ``"output"``. A tensor of the frozen base (``<layer>.dense``, a layer's bias) is accepted
     only when it equals the model's. Returns ``model``.
     """
-    state = read_reference_checkpoint(path)
     inner = unwrap_model(model)
+    check_adapter_name(adapter_name)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    state = read_reference_checkpoint(path)
     if more_layers(inner) or saved_modules(inner):
         raise ValueError("model already has an adapter; import a reference checkpoint into the base model")
     names = _module_names(inner)

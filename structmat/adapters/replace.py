@@ -14,9 +14,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..checks import check_bool, check_positive_int
 from ..monarch import Monarch
 from ..monarch.fit import fit_monarch
 from .layer import base_shape
+from .model import _check_target_spec
 from .targets import TargetSpec, resolve_targets
 
 
@@ -28,6 +30,13 @@ class MonarchLinear(nn.Module):
     """
 
     def __init__(self, monarch: Monarch, bias: torch.Tensor | None = None):
+        if not isinstance(monarch, Monarch) or monarch.batch_shape:
+            raise TypeError(f"monarch must be a Monarch without batch dims, got {type(monarch).__name__}")
+        if bias is not None and (
+            not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (monarch.out_features,) or bias.dtype.is_complex
+            or not bias.is_floating_point()
+        ):  # fmt: skip
+            raise ValueError(f"bias must be None or a float tensor of shape ({monarch.out_features},), got {bias!r}")
         super().__init__()
         self.monarch = monarch
         self.in_features, self.out_features = monarch.in_features, monarch.out_features
@@ -62,6 +71,13 @@ def replace_with_monarch(
     Every other parameter of the model is frozen. Returns ``model``, whose replaced layers are
     :class:`MonarchLinear` (each ``layer.monarch.fit_error`` is its relative projection error).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_target_spec("target_modules", target_modules)
+    _check_target_spec("exclude_modules", exclude_modules)
+    check_positive_int("nblocks", nblocks)
+    check_positive_int("rank", rank)
+    check_bool("train_bias", train_bias)
     names = resolve_targets(model, target_modules, exclude_modules)
     projections = {}
     for name in names:  # every fit before the model changes: a bad shape leaves it untouched

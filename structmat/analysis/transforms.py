@@ -159,6 +159,8 @@ def _closed_form_rows(name: str, W: torch.Tensor, budget: int, threshold: float)
 
 def recovery_markdown(rows: list[RecoveryRow]) -> str:
     """Markdown table: one line per target, ``error (params; how)`` per structure, recovered in bold."""
+    if not isinstance(rows, (list, tuple)) or not all(isinstance(r, RecoveryRow) for r in rows):
+        raise TypeError(f"rows must be a list of RecoveryRow (from recovery_table), got {type(rows).__name__}")
     if not rows:
         return ""
     by_target: dict[str, dict[str, RecoveryRow]] = {}

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from ..checks import check_positive_int
+from ..checks import check_bool, check_positive_int
 from .module import Monarch
 
 
@@ -65,6 +65,8 @@ def dft_monarch(
         (``perm[a*n1 + t] = n2*t + a``) on ``device``.
     """
     check_positive_int("n", n)
+    check_bool("inverse", inverse)
+    check_bool("normalized", normalized)
     if not isinstance(dtype, torch.dtype) or not dtype.is_complex:
         raise TypeError(f"dtype must be torch.complex64 or torch.complex128, got {dtype}")
     if sizes is None:

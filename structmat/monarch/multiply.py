@@ -36,7 +36,7 @@ def _check_multiply_args(x: object, blkdiag1: object, blkdiag2: object) -> None:
     for name, t, dims in (("x", x, 1), ("blkdiag1", blkdiag1, 3), ("blkdiag2", blkdiag2, 3)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        check_float_dtype(name, t.dtype)
+        check_float_dtype(name, t.dtype, allow_complex=True)
         if t.dim() < dims or 0 in t.shape[-dims:]:
             raise ValueError(f"{name} must have at least {dims} non-empty dims, got shape {tuple(t.shape)}")
     k, q, p = blkdiag1.shape[-3:]
@@ -52,8 +52,9 @@ def _check_multiply_args(x: object, blkdiag1: object, blkdiag2: object) -> None:
         raise ValueError(
             f"x, blkdiag1 and blkdiag2 must be on one device, got {x.device}, {blkdiag1.device}, {blkdiag2.device}"
         )
-    if not (x.dtype == blkdiag1.dtype == blkdiag2.dtype or torch.is_autocast_enabled(x.device.type)):
-        raise TypeError(
+    real = [d.to_real() if d.is_complex else d for d in (x.dtype, blkdiag1.dtype, blkdiag2.dtype)]
+    if not (real[0] == real[1] == real[2] or torch.is_autocast_enabled(x.device.type)):
+        raise TypeError(  # one precision; real and complex mix (promoted)
             f"x, blkdiag1 and blkdiag2 must have one dtype, got {x.dtype}, {blkdiag1.dtype}, {blkdiag2.dtype}"
         )
 

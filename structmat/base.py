@@ -27,6 +27,13 @@ from torch import nn
 
 from .checks import check_batch_shape, check_float_dtype
 
+_COUNTERPART = {
+    torch.float32: torch.complex64,
+    torch.float64: torch.complex128,
+    torch.complex64: torch.float32,
+    torch.complex128: torch.float64,
+}
+
 
 class StructuredLinear(nn.Module, ABC):
     """Base class: a linear map ``x -> x @ M.T`` with ``M`` of a given structure."""
@@ -137,10 +144,8 @@ class StructuredLinear(nn.Module, ABC):
         a complex module takes real ``x`` as complex, a real one applies to the real and
         imaginary parts of complex ``x``. Under autocast torch casts for the products, so any
         float dtype is taken then."""
-        dtype = self.dtype
-        if dtype.is_complex:
-            return (dtype, dtype.to_real())
-        return (dtype, dtype.to_complex()) if dtype in (torch.float32, torch.float64) else (dtype,)
+        dtype = self.dtype  # (a dict, not dtype.to_complex(): torch.compile traces this)
+        return (dtype, _COUNTERPART[dtype]) if dtype in _COUNTERPART else (dtype,)
 
     def to_dense(self) -> torch.Tensor:
         """The matrix ``M``, of shape ``(*batch_shape, out_features, in_features)``."""

@@ -6,8 +6,10 @@ Everything here is built from a formula or a config, never from the code under t
 from __future__ import annotations
 
 import importlib.util
+import math
 import pathlib
 
+import numpy as np
 import pytest
 import torch
 from transformers import (
@@ -127,6 +129,28 @@ def more_trainer(model, out_dir, **overrides):
     settings.update(overrides)
     data = labelled_data()
     return MoReTrainer(model=model, args=TrainingArguments(**settings), train_dataset=data, eval_dataset=data)
+
+
+# -- the optimal Monarch projection error, block by block with numpy (docs/monarch-math.md) ----
+
+
+def independent_general_optimum(W: np.ndarray, k: int, q: int, p: int, l: int, s: int) -> float:  # noqa: E741
+    """``sqrt(sum over blocks (d, a) of the squared singular values beyond t(d, a)) / ||W||_F``.
+
+    Block (d, a) has rows ``e*l + d`` and columns ``a*p + t`` (those inside W);
+    ``t(d, a) = #{b in [0, q): (a*q + b) % l == d}``.
+    """
+    out_f, in_f = W.shape
+    err2 = 0.0
+    for d in range(l):
+        rows = [e * l + d for e in range(s) if e * l + d < out_f]
+        for a in range(k):
+            cols = [a * p + t for t in range(p) if a * p + t < in_f]
+            t_da = sum(1 for b in range(q) if (a * q + b) % l == d)
+            if rows and cols:
+                sv = np.linalg.svd(W[np.ix_(rows, cols)], compute_uv=False)
+                err2 += float(np.sum(sv[t_da:] ** 2))
+    return math.sqrt(err2) / float(np.linalg.norm(W))
 
 
 # -- the Monarch multiply from docs/monarch-math.md, with loops and no reshapes ---------------

@@ -319,6 +319,17 @@ def _as_module_factors(cand: factorize.Candidate, nb: int, transposed: bool, n: 
     return swapped, r, c.argsort(-1), False
 
 
+def _stop_reason(err: float, tol: float, watch: _Stall, deadline: float | None) -> str | None:
+    """Why an optimisation loop stops now: ``"tol"``, ``"stall"``, ``"time"``, or None to go on."""
+    if err <= tol:
+        return "tol"
+    if watch(err):
+        return "stall"
+    if deadline is not None and time.perf_counter() > deadline:
+        return "time"
+    return None
+
+
 # -- phase 2: gradient ---------------------------------------------------------------------------
 def _gradient(
     W, nblocks, relax, complex, bit_reversal, increasing_stride, restarts, steps, lr, lbfgs_steps, tol,
@@ -376,14 +387,8 @@ def _optimize(bf, W, steps, lr, lbfgs_steps, tol, patience, deadline, bar, info,
             opt.zero_grad()
             loss = losses()
             err = worst_best(loss)
-            if err <= tol:
-                stopped = "tol"
-                break
-            if watch(err):
-                stopped = "stall"
-                break
-            if deadline is not None and time.perf_counter() > deadline:
-                stopped = "time"
+            stopped = _stop_reason(err, tol, watch, deadline) or stopped
+            if stopped != "steps":
                 break
             loss.sum().backward()
             opt.step()
@@ -428,14 +433,8 @@ def _optimize(bf, W, steps, lr, lbfgs_steps, tol, patience, deadline, bar, info,
                 err = worst_best(losses())
             bar.update()
             bar.set_postfix_str(f"{label} lbfgs rel_err={err:.2e}", refresh=False)
-            if err <= tol:
-                stopped = "tol"
-                break
-            if watch(err):
-                stopped = "stall"
-                break
-            if deadline is not None and time.perf_counter() > deadline:
-                stopped = "time"
+            stopped = _stop_reason(err, tol, watch, deadline) or stopped
+            if stopped != "steps":
                 break
     elif err <= tol:
         stopped = "tol"

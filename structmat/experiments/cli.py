@@ -27,26 +27,24 @@ def _integer(lo: int) -> Callable[[str], int]:
     return parse
 
 
-def _positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
+def _number(accepts: Callable[[float], bool], description: str) -> Callable[[str], float]:
+    """An argparse type: a number for which ``accepts`` holds (``description`` says which)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {description}, got {text!r}") from None
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {description}, got {text!r}")
+        return value
+
+    parse.__name__ = description
+    return parse
 
 
-def _probability(text: str) -> float:
-    """An argparse type: a number in [0, 1) (a dropout probability)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
-    return value
+_positive_float = _number(lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+_probability = _number(lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")  # a dropout probability
 
 
 def _prepare_out_file(parser: argparse.ArgumentParser, option: str, path: str | None) -> None:

@@ -2,9 +2,9 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
+from helpers import independent_general_optimum
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -12,22 +12,11 @@ from structmat import Monarch, fit_monarch, optimal_error
 
 
 def independent_monarch_optimum(W: torch.Tensor, nblocks: int, rank: int) -> float:
-    """Block-SVD optimum written from the formula, block by block with index lists.
-
-    Block (d, a) has rows {e*l + d} and columns {a*p + t} (those inside W) and may have any
-    rank up to t(d, a) = #{b in [0, rank): (a*rank + b) % nblocks == d}.
-    """
+    """The block-by-block numpy optimum (tests/helpers.py) for MoRe shapes: k = l = nblocks,
+    q = r = rank, p = ceil(in/nblocks), s = ceil(out/nblocks)."""
     out_f, in_f = W.shape
     p, s = math.ceil(in_f / nblocks), math.ceil(out_f / nblocks)
-    err2 = 0.0
-    for d in range(nblocks):
-        rows = [e * nblocks + d for e in range(s) if e * nblocks + d < out_f]
-        for a in range(nblocks):
-            cols = [a * p + t for t in range(p) if a * p + t < in_f]
-            t_da = sum(1 for b in range(rank) if (a * rank + b) % nblocks == d)
-            sv = np.linalg.svd(W[rows][:, cols].numpy(), compute_uv=False)
-            err2 += float(np.sum(sv[t_da:] ** 2))
-    return math.sqrt(err2) / float(np.linalg.norm(W.numpy()))
+    return independent_general_optimum(W.numpy(), nblocks, rank, p, nblocks, s)
 
 
 @st.composite

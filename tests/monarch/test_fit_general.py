@@ -1,35 +1,13 @@
 """fit_monarch for general factor shapes ``(k, q, p)`` / ``(l, s, r)`` (``k != l``, padded sizes)
 against an optimum computed here with numpy, block by block from docs/monarch-math.md."""
 
-import math
-
-import numpy as np
 import pytest
 import torch
-from helpers import monarch_dense_reference
+from helpers import independent_general_optimum, monarch_dense_reference
 from hypothesis import given
 from hypothesis import strategies as st
 
 from structmat import Monarch, MonarchShape, fit_monarch, optimal_error
-
-
-def independent_general_optimum(W: np.ndarray, k: int, q: int, p: int, l: int, s: int) -> float:  # noqa: E741
-    """``sqrt(sum over blocks (d, a) of the squared singular values beyond t(d, a)) / ||W||_F``.
-
-    Block (d, a) has rows ``e*l + d`` and columns ``a*p + t`` (those inside W);
-    ``t(d, a) = #{b in [0, q): (a*q + b) % l == d}``.
-    """
-    out_f, in_f = W.shape
-    err2 = 0.0
-    for d in range(l):
-        rows = [e * l + d for e in range(s) if e * l + d < out_f]
-        for a in range(k):
-            cols = [a * p + t for t in range(p) if a * p + t < in_f]
-            t_da = sum(1 for b in range(q) if (a * q + b) % l == d)
-            if rows and cols:
-                sv = np.linalg.svd(W[np.ix_(rows, cols)], compute_uv=False)
-                err2 += float(np.sum(sv[t_da:] ** 2))
-    return math.sqrt(err2) / float(np.linalg.norm(W))
 
 
 @st.composite

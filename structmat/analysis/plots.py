@@ -21,7 +21,7 @@ from cycler import cycler
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
 from .capacity import StructureChoice
 from .compare import EXACT_ERROR
@@ -109,27 +109,42 @@ def _as_vector(name: str, values: object) -> tuple[np.ndarray, float, str]:
     return arr, eps, dtype_name
 
 
-def _compact(v: float) -> str:
-    """Short tick label: 2k, 40k, 1.5M, 0.8, 1e-06."""
+def _compact(v: float, digits: int = 3) -> str:
+    """Short tick label with at most ``digits`` significant digits: 2.3k, 37k, 1.5M, 0.8, 1e-06."""
     if v == 0:
         return "0"
     a = abs(v)
-    if a >= 1e6:
-        return f"{v / 1e6:g}M"
-    if a >= 1e3:
-        return f"{v / 1e3:g}k"
+    if 1 <= a < 1000 and v == round(v):
+        return str(int(round(v)))  # small counts exactly: 128, 768
     if a >= 1e-3:
-        return f"{v:g}"
+        for scale, suffix in ((1e6, "M"), (1e3, "k"), (1.0, "")):
+            if a >= scale or scale == 1.0:
+                return f"{float(f'{v / scale:.{digits}g}'):g}{suffix}"
     exp = math.floor(math.log10(a) + 1e-9)
     mant = v / 10**exp
     return f"$10^{{{exp}}}$" if abs(mant - 1) < 1e-6 else f"{mant:g}e{exp}"
 
 
-def _log_axis(ax: Axes, which: str, lo: float, hi: float) -> None:
-    """Log scale with labelled ticks that do not collide: more sub-decade labels on short ranges."""
+def _log_axis(ax: Axes, which: str, lo: float, hi: float, at: np.ndarray | None = None) -> None:
+    """Log scale with labelled ticks that do not collide.
+
+    ``at``: the few values the data sit at (e.g. parameter budgets); when given and the range is
+    at most 3 decades, the ticks go there (labels thinned so that neighbours stay apart), else
+    1-2-5 or decade ticks depending on the range.
+    """
     axis = ax.xaxis if which == "x" else ax.yaxis
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")
     decades = math.log10(hi / lo) if lo > 0 and hi > lo else 0.0
+    axis.set_minor_locator(LogLocator(base=10, subs="auto", numticks=12))
+    axis.set_minor_formatter(NullFormatter())
+    if at is not None and 0 < decades <= 3 and len(np.unique(at)) <= 8:
+        ticks: list[float] = []
+        for v in np.unique(at):  # ascending; keep ticks at least 1/8 of the axis apart
+            if not ticks or math.log10(v / ticks[-1]) >= decades / 8:
+                ticks.append(float(v))
+        axis.set_major_locator(FixedLocator(ticks))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: _compact(v, 2)))
+        return
     if decades <= 0.5 and which == "y":
         subs = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
     elif decades <= 1.0:
@@ -140,8 +155,6 @@ def _log_axis(ax: Axes, which: str, lo: float, hi: float) -> None:
         subs = (1.0,)
     axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
     axis.set_major_formatter(FuncFormatter(lambda v, _: _compact(v)))
-    axis.set_minor_locator(LogLocator(base=10, subs="auto", numticks=12))
-    axis.set_minor_formatter(NullFormatter())
 
 
 def _clip_note(text: str) -> Line2D:
@@ -189,9 +202,10 @@ def plot_spectra(
             level = (eps if floor is None else floor) * top
             idx = np.arange(1, len(sv) + 1)
             low = sv < level
-            every = max(1, len(sv) // 12)
+            informative = np.flatnonzero(~low)  # markers only where the values carry information
+            every = max(1, len(informative) // 12)
             start = (i * every) // len(spectra)  # stagger the markers of overlapping curves
-            ax.plot(idx, np.maximum(sv, level), label=name, markevery=(start, every), **style)
+            ax.plot(idx, np.maximum(sv, level), label=name, markevery=list(informative[start::every]), **style)
             if low.any():
                 first = int(np.argmax(low))
                 ax.plot(idx[first], level, color=style["color"], marker=_CLIP_MARKER, markersize=8, linestyle="none")
@@ -200,9 +214,9 @@ def plot_spectra(
         if clipped_dtypes:
             if floor is None:
                 names = ", ".join(dict.fromkeys(clipped_dtypes))
-                note = f"below round-off (eps·σ₁, {names}): drawn at it"
+                note = f"σᵢ below {names} round-off (eps·σ₁): drawn there"
             else:
-                note = f"below {floor:g}·σ₁: drawn at it"
+                note = f"σᵢ below {floor:g}·σ₁: drawn there"
             ax.add_line(_clip_note(note))  # legend entry only (no data)
         if hi > 0:
             _log_axis(ax, "y", lo, hi)
@@ -259,8 +273,9 @@ def plot_approximation_curves(
     and the legend says so (only when it happens).
     """
     series = _curve_series(points)
+    own = ax is None
     with _styled():
-        ax = _new_axes(ax)
+        ax = _new_axes(ax, figsize=(7.6, 4.0) if own else None)
         clipped = False
         ys_all, xs_all = [], []
         for i, (name, (x, y)) in enumerate(series.items()):
@@ -276,7 +291,7 @@ def plot_approximation_curves(
             ys_all.append(y)
         if xs_all:
             x_all, y_all = np.concatenate(xs_all), np.concatenate(ys_all)
-            _log_axis(ax, "x", x_all.min(), x_all.max())
+            _log_axis(ax, "x", x_all.min(), x_all.max(), at=max(xs_all, key=len))
             if y_all.max() > 3 * y_all.min():
                 _log_axis(ax, "y", y_all.min(), y_all.max())
         if clipped:
@@ -284,24 +299,29 @@ def plot_approximation_curves(
         ax.set_xlabel("parameters")
         ax.set_ylabel("relative error ‖W − M‖_F / ‖W‖_F")
         ax.set_title(_wrap(title))
-        if legend and series:
-            ax.legend(loc="best")
+        if legend and series:  # in a figure of our own: beside the axes, where it can hide no point
+            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1)) if own else ax.legend(loc="best")
     return ax.figure
 
 
 def plot_curve_grid(
     curves: Mapping[str, Sequence[CurvePoint]],
     title: str = "Relative error vs parameters",
-    ncols: int = 4,
+    ncols: int | None = None,
     floor: float = EXACT_ERROR,
 ) -> Figure:
-    """One subplot of :func:`plot_approximation_curves` per target, with one shared legend."""
+    """One subplot of :func:`plot_approximation_curves` per target, with one shared legend.
+
+    ``ncols`` defaults to the 2-4 columns that leave the fewest empty slots (one slot holds the legend).
+    """
     if not curves:
         raise ValueError("curves must not be empty")
+    n = len(curves)
+    if ncols is None:
+        ncols = min(range(4, 1, -1), key=lambda c: -(-(n + 1) // c) * c - (n + 1))
     if not isinstance(ncols, int) or ncols < 1:
         raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
-    n = len(curves)
-    ncols = min(ncols, n + 1)  # one spare slot for the legend when it fits
+    ncols = min(ncols, n + 1)
     nrows = math.ceil((n + 1) / ncols)
     with _styled():
         fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.9 * nrows), layout="constrained", squeeze=False)

@@ -28,6 +28,7 @@ STORE = os.environ.get("STRUCTMAT_NB_STORE") == "1"
 HASH_KEY = "structmat_source_sha256"  # code-cell metadata: hash of the source its stored outputs came from
 NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+]?\d+)?")
 STRAY = re.compile(r"<[\w.]+(?: object)? at 0x[0-9a-f]+>|^Text\(|^\[<matplotlib")
+TIMEOUT = int(os.environ.get("STRUCTMAT_NB_TIMEOUT", "600"))  # seconds per cell (raise it on a loaded machine)
 REL_TOL, ABS_TOL = 0.05, 0.02  # numbers in re-executed outputs vs stored ones
 DRAWS = re.compile(r"\bplot_\w+\(|\bplt\.(?:show|subplots|figure)\(|\.plot\(")  # a cell that draws a figure
 
@@ -64,7 +65,7 @@ def _execute(path: pathlib.Path):
     os.environ.update(env)
     try:
         NotebookClient(
-            book, timeout=600, kernel_name="python3", record_timing=False,
+            book, timeout=TIMEOUT, kernel_name="python3", record_timing=False, coalesce_streams=True,
             resources={"metadata": {"path": str(path.parent)}},
         ).execute()  # fmt: skip
     finally:

@@ -68,6 +68,12 @@ def series_style(name: str, index: int) -> dict:
     return {"color": PALETTE[i], "linestyle": LINESTYLES[i], "marker": MARKERS[i]}
 
 
+def _layered(index: int, count: int) -> dict:
+    """Marker size of series ``index`` of ``count``: earlier series get larger markers, so that series
+    drawn on top of one another (ties) all stay visible as nested markers; lines keep one width."""
+    return {"markersize": STYLE["lines.markersize"] + 1.3 * (count - 1 - index)}
+
+
 @contextmanager
 def _styled():
     with plt.rc_context(STYLE):
@@ -278,12 +284,14 @@ def plot_approximation_curves(
         ax = _new_axes(ax, figsize=(7.6, 4.0) if own else None)
         clipped = False
         ys_all, xs_all = [], []
+        lines = [name for name, (x, _) in series.items() if len(x) > 1]  # single points get their own size
         for i, (name, (x, y)) in enumerate(series.items()):
             style = series_style(name, i)
             low = y < floor
             y = np.maximum(y, floor)
             single = len(x) == 1  # e.g. the butterfly's one size: make it stand out
-            ax.plot(x, y, label=name, markersize=9 if single else None, **style)
+            size = {"markersize": 10, "zorder": 3} if single else _layered(lines.index(name), len(lines))
+            ax.plot(x, y, label=name, **size, **style)
             if low.any():
                 clipped = True
                 ax.plot(x[low], y[low], linestyle="none", marker=_CLIP_MARKER, color=style["color"], markersize=8)

@@ -266,6 +266,18 @@ def test_curve_clipping_is_said_in_the_legend_only_when_it_happens():
     plt.close("all")
 
 
+def test_tied_curves_stay_visible():
+    """Series drawn over one another (a tie, as for the Gaussian target) show as nested markers:
+    each earlier series has larger markers than the ones drawn over it, and its own marker shape."""
+    same = (np.array([100, 200, 400]), np.array([0.9, 0.8, 0.7]))
+    fig = plot_approximation_curves({"lowrank": same, "monarch(nblocks=2)": same, "monarch(nblocks=4)": same})
+    lines = fig.axes[0].lines[:3]
+    sizes = [line.get_markersize() for line in lines]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 3
+    assert len({line.get_marker() for line in lines}) == 3 and len({line.get_linestyle() for line in lines}) == 3
+    plt.close("all")
+
+
 def test_curve_grid_one_panel_per_target():
     suite = target_suite(32)
     curves = {k: approximation_curve(v, [64, 256]) for k, v in list(suite.items())[:3]}

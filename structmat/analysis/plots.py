@@ -322,8 +322,8 @@ def plot_curve_grid(
 
     ``ncols`` defaults to the 2-4 columns that leave the fewest empty slots (one slot holds the legend).
     """
-    if not curves:
-        raise ValueError("curves must not be empty")
+    if not isinstance(curves, Mapping) or not curves:
+        raise ValueError(f"curves must be a non-empty mapping target name -> curve points, got {type(curves).__name__}")
     n = len(curves)
     if ncols is None:
         ncols = min(range(4, 1, -1), key=lambda c: -(-(n + 1) // c) * c - (n + 1))
@@ -336,7 +336,11 @@ def plot_curve_grid(
         flat = list(axes.flat)
         handles: dict[str, object] = {}
         for ax, (name, pts) in zip(flat, curves.items(), strict=False):
-            plot_approximation_curves(pts, name, ax=ax, floor=floor, legend=False)
+            try:
+                plot_approximation_curves(pts, str(name), ax=ax, floor=floor, legend=False)
+            except (TypeError, ValueError) as err:
+                plt.close(fig)
+                raise type(err)(f"curves[{name!r}]: {err}") from None
             ax.set_title(_wrap(name, 34), fontsize=9)
             ax.set_xlabel("")
             ax.set_ylabel("")

@@ -410,6 +410,15 @@ SPECS: dict[str, Spec] = {
         | {"progress": lambda: False},
     ),
     "recovery_markdown": Spec(analysis.recovery_markdown, {"rows": _recovery_rows}),
+    "compare_errors": Spec(analysis.compare_errors, {"a": lambda: 0.5, "b": lambda: 0.6, "margin": lambda: 0.01}),
+    "winners": Spec(analysis.winners, {"errors": lambda: {"x": 0.5, "y": 0.6}, "margin": lambda: 0.01}),
+    "plot_curve_grid": Spec(
+        analysis.plot_curve_grid, {"curves": lambda: {"t": _curve()}, "ncols": lambda: 2}, check_figure
+    ),
+    # constants: nothing to call with bad input
+    "EXACT_ERROR": Spec(lambda: analysis.EXACT_ERROR, {}),
+    "TIE_MARGIN": Spec(lambda: analysis.TIE_MARGIN, {}),
+    "STYLE": Spec(lambda: analysis.STYLE, {}),
     "RecoveryRow": Spec(lambda rows: analysis.recovery_markdown(rows), {"rows": _recovery_rows}),
 }
 # from_pretrained's only argument is a folder whose base model it loads: its bad values are the

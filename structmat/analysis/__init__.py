@@ -1,25 +1,31 @@
 """Expressivity, spectra and subspace analysis of Monarch/MoRe vs low rank/LoRA."""
 
 from .capacity import StructureChoice, choose_structures, empirical_rank
+from .compare import EXACT_ERROR, TIE_MARGIN, compare_errors, winners
 from .curves import CurvePoint, approximation_curve
-from .plots import plot_approximation_curves, plot_rank_capacity, plot_spectra
+from .plots import STYLE, plot_approximation_curves, plot_curve_grid, plot_rank_capacity, plot_spectra
 from .spectra import effective_rank, numerical_rank, singular_values, stable_rank
 from .subspaces import DeltaAnalysis, delta_analysis, principal_angles
 from .targets import target_suite
 from .transforms import RecoveryRow, recovery_markdown, recovery_table, transform_suite
 
 __all__ = [
+    "EXACT_ERROR",
+    "STYLE",
+    "TIE_MARGIN",
     "CurvePoint",
     "DeltaAnalysis",
     "RecoveryRow",
     "StructureChoice",
     "approximation_curve",
     "choose_structures",
+    "compare_errors",
     "delta_analysis",
     "effective_rank",
     "empirical_rank",
     "numerical_rank",
     "plot_approximation_curves",
+    "plot_curve_grid",
     "plot_rank_capacity",
     "plot_spectra",
     "principal_angles",
@@ -29,4 +35,5 @@ __all__ = [
     "stable_rank",
     "target_suite",
     "transform_suite",
+    "winners",
 ]

@@ -23,6 +23,12 @@ class StructureChoice:
     max_rank: int  # rank capacity from the formula (0: nothing fits)
     rank: int | None = None  # LoRA rank / MoRe block rank
     nblocks: int | None = None
+    min_params: int | None = None  # parameters of the family's smallest member (what a budget must reach)
+
+    @property
+    def fits(self) -> bool:
+        """False when even the family's smallest member exceeds the budget (show it as "-", not 0)."""
+        return self.params > 0
 
     def build(self, in_features: int, out_features: int, dtype=torch.float64):
         """A random instance (kaiming init) of this choice, or None when nothing fits."""
@@ -59,17 +65,20 @@ def choose_structures(
     cap = min(in_features, out_features)
     out = []
     r = min(budget // (in_features + out_features), cap)
-    out.append(StructureChoice("lowrank", r * (in_features + out_features), r, rank=r))
+    out.append(
+        StructureChoice("lowrank", r * (in_features + out_features), r, rank=r, min_params=in_features + out_features)
+    )
     for n in nblocks:
         try:  # an nblocks that leaves a block with only padding: no member of this family
             largest = MonarchShape.largest_useful_rank(in_features, out_features, n)
         except ValueError:
             continue
+        smallest = _monarch_params(in_features, out_features, n, 1)
         r = 0
         while r < largest and _monarch_params(in_features, out_features, n, r + 1) <= budget:
             r += 1
         if r == 0:
-            out.append(StructureChoice(f"monarch(nblocks={n})", 0, 0, rank=0, nblocks=n))
+            out.append(StructureChoice(f"monarch(nblocks={n})", 0, 0, rank=0, nblocks=n, min_params=smallest))
         else:
             st = MonarchShape.for_more(in_features, out_features, n, r)
             out.append(
@@ -79,12 +88,13 @@ def choose_structures(
                     st.rank_capacity,
                     rank=r,
                     nblocks=n,
+                    min_params=smallest,
                 )
             )
     if butterfly:
         size = next_power_of_two(max(in_features, out_features, 2))
         p = 2 * size * (size.bit_length() - 1)
-        out.append(StructureChoice("butterfly", p if p <= budget else 0, cap if p <= budget else 0))
+        out.append(StructureChoice("butterfly", p if p <= budget else 0, cap if p <= budget else 0, min_params=p))
     return out
 
 

@@ -28,10 +28,10 @@ import math
 import time
 
 import torch
-from tqdm.auto import tqdm
 
 from ..approximation import normalized, relative_error, seeded
 from ..checks import check_bool, check_matrix, check_nonnegative_int, check_positive_float, check_positive_int
+from ..progress import tqdm
 from . import factorize
 from .module import Butterfly, next_power_of_two
 from .permutation import permutation_from_choices

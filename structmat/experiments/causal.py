@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from ..adapters import count_parameters
 from ..checks import check_positive_int
+from ..progress import tqdm
 from .bigbench import TASK_FILES, QAExample, load_bigbench
 from .loop import Batch, train, training_memory_bytes, world
 from .methods import adapt, save_trained

@@ -7,10 +7,10 @@ import random
 from dataclasses import asdict, dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from ..adapters import count_parameters
 from ..checks import check_positive_int
+from ..progress import tqdm
 from .data import TextDataset, load_rotten_tomatoes
 from .loop import to_device, train, training_memory_bytes, world
 from .methods import adapt, save_trained

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
+
+from ..progress import tqdm
 
 Batch = dict[str, torch.Tensor]
 

@@ -10,16 +10,22 @@ import math
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
-from tqdm.auto import tqdm
 
 from ..analysis import (
+    EXACT_ERROR,
+    STYLE,
+    TIE_MARGIN,
     CurvePoint,
+    StructureChoice,
     approximation_curve,
     choose_structures,
+    compare_errors,
     effective_rank,
     empirical_rank,
     plot_approximation_curves,
+    plot_curve_grid,
     plot_rank_capacity,
     plot_spectra,
     recovery_markdown,
@@ -27,10 +33,14 @@ from ..analysis import (
     singular_values,
     stable_rank,
     target_suite,
+    winners,
 )
+from ..progress import tqdm
 from .models import minilm_weight_matrices
 
 BUDGET_FRACTIONS = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
+FIGURE_FORMATS = ("png", "svg")
+SPECTRA_FLOOR = 1e-6  # the spectra figure draws sigma_i < 1e-6 sigma_1 at that level (says so in its legend)
 
 
 def _slug(name: str) -> str:
@@ -69,23 +79,29 @@ def run_report(out_dir: str | Path = "report", quick: bool = False, progress: bo
     cap_shape = (256, 256) if quick else (768, 768)
     cap_budget = 8 * sum(cap_shape)
     choices = choose_structures(*cap_shape, cap_budget, nblocks=(1, 2, 4, 8, 16))
-    empirical = {c.structure: empirical_rank(c, *cap_shape) for c in choices}
+    empirical = {c.structure: empirical_rank(c, *cap_shape) for c in choices if c.fits}
 
     figures = {
+        "overview": plot_curve_grid(
+            curves, "Relative error of the best fit vs parameters used (log x; each target its own y range)"
+        ),
         "spectra": plot_spectra(
-            {k: singular_values(v) for k, v in suite.items()}, "Normalised singular values of the targets"
-        )
+            {k: singular_values(v, normalize=False) for k, v in suite.items()},
+            "Singular values of the targets",
+            normalize=True,
+            floor=SPECTRA_FLOOR,
+        ),
+        "rank_capacity": plot_rank_capacity(
+            choices, f"Max rank at {cap_budget:,d} parameters (LoRA r=8 budget), {cap_shape[0]}x{cap_shape[1]}"
+        ),
     }
-    figures["rank_capacity"] = plot_rank_capacity(
-        choices, f"Max rank at {cap_budget:,d} parameters (LoRA r=8 budget), {cap_shape[0]}x{cap_shape[1]}"
-    )
     for name, pts in curves.items():
         figures[f"curve_{_slug(name)}"] = plot_approximation_curves(pts, f"{name}: error vs parameters")
-    for key, fig in figures.items():
-        fig.savefig(out / "figures" / f"{key}.png", dpi=110)
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+    with plt.rc_context(STYLE):  # dpi, tight bounding box, SVG text as text
+        for key, fig in figures.items():
+            for ext in FIGURE_FORMATS:
+                fig.savefig(out / "figures" / f"{key}.{ext}")
+            plt.close(fig)
 
     recovery = recovery_table(16 if quick else 64, steps=100 if quick else 300, progress=False)
     text = _markdown(curves, stats, choices, empirical, cap_shape, cap_budget, quick, time.time() - t0)
@@ -109,8 +125,18 @@ def _at_budget(points: list[CurvePoint], fraction: float, dense: int) -> dict[st
     return {p.structure: p for p in points if p.budget == target}
 
 
+def _verdict(errors: dict[str, float]) -> str:
+    """The best structure, or "tie: a, b" when others are within the tie margin of it."""
+    best = winners(errors)
+    return best[0] if len(best) == 1 else "tie: " + ", ".join(best)
+
+
 def summary_table(curves: dict[str, list[CurvePoint]], fraction: float = 1 / 16) -> str:
-    """Markdown table: relative error of each structure at ~``fraction`` of the dense parameters."""
+    """Markdown table: relative error of each structure at ~``fraction`` of the dense parameters.
+
+    "-": the structure has no member within the budget. "best" follows the tie rule
+    (:data:`~structmat.analysis.compare.TIE_MARGIN`): structures within it of the best are listed as a tie.
+    """
     structures = list(dict.fromkeys(p.structure for pts in curves.values() for p in pts))
     lines = [
         "| target | budget | " + " | ".join(structures) + " | best |",
@@ -123,8 +149,8 @@ def summary_table(curves: dict[str, list[CurvePoint]], fraction: float = 1 / 16)
         for s in structures:
             p = row.get(s)
             cells.append("-" if p is None or p.params == 0 else f"{p.rel_error:.3f}")
-        fitted = [p for p in row.values() if p.params > 0]
-        best = min(fitted, key=lambda p: p.rel_error).structure if fitted else "-"
+        fitted = {p.structure: p.rel_error for p in row.values() if p.params > 0}
+        best = _verdict(fitted) if fitted else "-"
         budget = next(iter(row.values())).budget
         lines.append(f"| {name} | {budget:,d} | " + " | ".join(cells) + f" | {best} |")
     return "\n".join(lines)
@@ -138,34 +164,42 @@ def _conclusions(curves: dict[str, list[CurvePoint]]) -> list[str]:
     out = []
     for name, pts in curves.items():
         budgets = sorted({p.budget for p in pts})
-        mon_wins = low_wins = 0
+        mon_wins = low_wins = ties = 0
         for b in budgets:
             at = [p for p in pts if p.budget == b and p.params > 0]
             low = [p.rel_error for p in at if p.structure == "lowrank"]
             mon = [p.rel_error for p in at if p.structure.startswith("monarch")]
             if not low or not mon:
                 continue
-            if min(mon) < low[0] - 1e-9:
-                mon_wins += 1
-            elif low[0] < min(mon) - 1e-9:
-                low_wins += 1
-        total = mon_wins + low_wins
-        if total == 0:
-            out.append(f"- **{name}**: Monarch and low rank tie at every budget.")
+            verdict = compare_errors(min(mon), low[0])
+            mon_wins += verdict < 0
+            low_wins += verdict > 0
+            ties += verdict == 0
+        tie_note = f", ties at {_n(ties)}" if ties else ""
+        if mon_wins + low_wins == 0:
+            out.append(f"- **{name}**: Monarch and low rank tie at every budget ({_n(ties)}).")
         elif low_wins == 0:
-            out.append(f"- **{name}**: the best Monarch beats low rank at all {_n(mon_wins)} compared.")
+            out.append(f"- **{name}**: the best Monarch beats low rank at {_n(mon_wins)}{tie_note} and loses at none.")
         elif mon_wins == 0:
             out.append(
-                f"- **{name}**: **low rank beats every Monarch** at all {_n(low_wins)} compared (Monarch loses here)."
+                f"- **{name}**: **low rank beats every Monarch** at {_n(low_wins)}{tie_note} (Monarch loses here)."
             )
         else:
-            out.append(f"- **{name}**: mixed: the best Monarch wins at {_n(mon_wins)}, low rank at {_n(low_wins)}.")
+            out.append(
+                f"- **{name}**: mixed: the best Monarch wins at {_n(mon_wins)}, low rank at {_n(low_wins)}{tie_note}."
+            )
         bf = [p for p in pts if p.structure == "butterfly" and p.params > 0]
         if bf:
             out.append(
                 f"  Butterfly ({bf[0].params:,d} parameters, fitted iteratively) reaches error {bf[0].rel_error:.2e}."
             )
     return out
+
+
+def _capacity_row(c: StructureChoice, empirical: int | None) -> str:
+    if not c.fits:
+        return f"| {c.structure} | - (needs {c.min_params:,d}) | - | - | - |"
+    return f"| {c.structure} | {c.params:,d} | {c.rank if c.rank is not None else '-'} | {c.max_rank} | {empirical} |"
 
 
 def _markdown(curves, stats, choices, empirical, cap_shape, cap_budget, quick, seconds) -> str:
@@ -176,6 +210,12 @@ def _markdown(curves, stats, choices, empirical, cap_shape, cap_budget, quick, s
         f"Command: `{cmd}` ({seconds:.0f} s, torch {torch.__version__}, {torch.get_num_threads()} threads). "
         "Errors are relative Frobenius errors `||W - M||_F / ||W||_F` of the optimal fit (Monarch: block SVD, "
         "low rank: truncated SVD; butterfly: Adam + L-BFGS, best of 2 starts).",
+        "",
+        "![error vs parameters, all targets](figures/overview.png)",
+        "",
+        f"Tie rule: a structure is called better only when its error is lower by more than {TIE_MARGIN:.0%} of the "
+        f"other's; closer results are a tie, and errors below {EXACT_ERROR:g} all count as exact. "
+        '"-": the structure has no member within the budget. Figures: PNG and SVG in `figures/`.',
         "",
         "## Error at equal parameter budget (~1/16 of the dense matrix)",
         "",
@@ -190,11 +230,7 @@ def _markdown(curves, stats, choices, empirical, cap_shape, cap_budget, quick, s
         "| structure | parameters used | block/LoRA rank | max rank (formula) | rank of a random instance |",
         "|---|---|---|---|---|",
     ]
-    for c in choices:
-        lines.append(
-            f"| {c.structure} | {c.params:,d} | {c.rank if c.rank is not None else '-'} | "
-            f"{c.max_rank} | {empirical[c.structure]} |"
-        )
+    lines += [_capacity_row(c, empirical.get(c.structure)) for c in choices]
     lines += [
         "",
         "![rank capacity](figures/rank_capacity.png)",

@@ -3,24 +3,31 @@
 import math
 import re
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+import structmat as sm
 from structmat.analysis import (
+    TIE_MARGIN,
     approximation_curve,
     choose_structures,
+    compare_errors,
     delta_analysis,
     effective_rank,
     empirical_rank,
     plot_approximation_curves,
+    plot_curve_grid,
     plot_rank_capacity,
     plot_spectra,
     principal_angles,
     singular_values,
     stable_rank,
     target_suite,
+    winners,
 )
 
 
@@ -116,6 +123,22 @@ def test_capacity_monarch_vs_lowrank_at_lora_budget():
     assert choices["lowrank"].max_rank == 8 and choices["monarch(nblocks=4)"].max_rank == 32
     assert choices["lowrank"].params == choices["monarch(nblocks=4)"].params == 12288
     assert choices["butterfly"].params == 0  # 2*1024*10 parameters do not fit
+    assert not choices["butterfly"].fits and choices["butterfly"].min_params == 2 * 1024 * 10
+    assert choices["monarch(nblocks=4)"].min_params == 4 * (192 + 192)  # block rank 1
+
+
+def test_tie_rule():
+    assert compare_errors(0.941, 0.942) == 0  # third-decimal differences are no win
+    assert compare_errors(0.048, 0.603) == -1 and compare_errors(0.603, 0.048) == 1
+    edge = 1 - TIE_MARGIN
+    assert compare_errors(0.5 * edge * 0.999, 0.5) == -1 and compare_errors(0.5 * edge * 1.001, 0.5) == 0
+    assert compare_errors(6e-8, 1e-15) == 0  # both exact
+    assert winners({"a": 0.942, "b": 0.941, "c": 0.99}) == ["a", "b"]
+    assert winners({"a": 0.05, "b": 0.6}) == ["a"]
+    with pytest.raises(ValueError, match="a must be a finite"):
+        compare_errors(float("nan"), 0.5)
+    with pytest.raises(ValueError, match="margin"):
+        compare_errors(0.5, 0.5, margin=1.5)
 
 
 def test_approximation_curve_orders_and_bounds():
@@ -152,8 +175,121 @@ def test_plots_return_labelled_figures():
     assert figs[0].axes[0].get_legend() is not None and figs[1].axes[0].get_legend() is not None
 
 
+def test_each_plot_draws_into_a_given_ax():
+    suite = target_suite(32)
+    fig, axes = plt.subplots(1, 3)
+    got = [
+        plot_spectra({k: singular_values(v) for k, v in suite.items()}, ax=axes[0]),
+        plot_approximation_curves(approximation_curve(suite["Gaussian random"], [64, 256]), ax=axes[1]),
+        plot_rank_capacity(choose_structures(32, 32, 512), ax=axes[2]),
+    ]
+    assert all(f is fig for f in got) and len(fig.axes) == 3
+    assert len(axes[0].lines) >= len(suite) and len(axes[1].lines) >= 4 and len(axes[2].patches) >= 4
+    with pytest.raises(TypeError, match="ax must be a matplotlib Axes"):
+        plot_spectra({"a": [1.0]}, ax="left")
+    plt.close("all")
+
+
+def test_plots_accept_numpy_input():
+    sv = np.array([3.0, 2.0, 0.5], dtype=np.float32)
+    fig = plot_spectra({"W": sv, "fit": torch.tensor([3.0, 1.0, 0.0]), "list": [1.0, 0.5, 0.25]})
+    assert [line.get_label() for line in fig.axes[0].lines[:1]] == ["W"]
+    fig = plot_approximation_curves({"mine": (np.array([100, 400, 0]), np.array([0.5, 0.25, 1.0]))})
+    line = fig.axes[0].lines[0]
+    np.testing.assert_allclose(line.get_xdata(), [100, 400])  # the 0-parameter point (does not fit) is left out
+    np.testing.assert_allclose(line.get_ydata(), [0.5, 0.25])
+    fig = plot_rank_capacity({"lowrank": np.int64(8), "monarch": torch.tensor(32), "butterfly": 0})
+    assert [p.get_width() for p in fig.axes[0].patches] == [8, 32]  # no bar for what does not fit
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert any("does not fit" in t for t in texts)
+    with pytest.raises(ValueError, match=r"spectra\['W'\] contains NaN"):
+        plot_spectra({"W": np.array([1.0, np.nan])})
+    with pytest.raises(TypeError, match="real numbers"):
+        plot_spectra({"W": np.array(["a"])})
+    plt.close("all")
+
+
+def test_plot_spectra_keeps_absolute_values_unless_asked():
+    W = torch.randn(20, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    fit = sm.fit_lowrank(W, 3).to_dense().detach()
+    sv = {"W": singular_values(W, normalize=False), "fit": singular_values(fit, normalize=False)}
+    fig = plot_spectra(sv, normalize=False)
+    lines = {line.get_label(): line for line in fig.axes[0].lines}
+    np.testing.assert_allclose(lines["W"].get_ydata(), sv["W"].numpy())  # the values as passed, not / sigma_1
+    np.testing.assert_allclose(lines["fit"].get_ydata()[:3], sv["fit"][:3].numpy())
+    # the fit's round-off tail (rank 3 in float64) is drawn at eps * sigma_1 and the legend says so
+    level = torch.finfo(torch.float64).eps * sv["fit"][0].item()
+    np.testing.assert_allclose(lines["fit"].get_ydata()[3:], level)
+    assert any("round-off" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+    fig = plot_spectra(sv, normalize=True)
+    lines = {line.get_label(): line for line in fig.axes[0].lines}
+    np.testing.assert_allclose(lines["W"].get_ydata(), (sv["W"] / sv["W"][0]).numpy())
+    assert fig.axes[0].get_ylabel() == "σᵢ / σ₁"
+    # the clipping level follows the dtype: 1e-9 relative is round-off in float32, information in float64
+    vals = [1.0, 1e-3, 1e-9]
+    y32 = plot_spectra({"a": torch.tensor(vals, dtype=torch.float32)}).axes[0].lines[0].get_ydata()
+    y64 = plot_spectra({"a": torch.tensor(vals, dtype=torch.float64)}).axes[0].lines[0].get_ydata()
+    assert y32[-1] == pytest.approx(torch.finfo(torch.float32).eps) and y64[-1] == pytest.approx(1e-9)
+    plt.close("all")
+
+
+def _overlapping_tick_labels(ax) -> list[tuple[str, str]]:
+    ax.figure.canvas.draw()
+    renderer = ax.figure.canvas.get_renderer()
+    boxes = []
+    for tick in [*ax.xaxis.get_major_ticks(), *ax.xaxis.get_minor_ticks()]:
+        label = tick.label1
+        if label.get_visible() and label.get_text() and ax.get_xlim()[0] <= tick.get_loc() <= ax.get_xlim()[1]:
+            boxes.append((label.get_text(), label.get_window_extent(renderer)))
+    return [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1 :] if ba.overlaps(bb)]
+
+
+@pytest.mark.parametrize("params", [(2304, 4608, 9216, 18432, 36864), (1024, 16384), (50, 5_000_000)])
+def test_log_axis_tick_labels_do_not_collide(params):
+    errors = np.linspace(0.95, 0.66, len(params))
+    fig = plot_approximation_curves({"lowrank": (np.array(params), errors)})
+    assert not _overlapping_tick_labels(fig.axes[0])
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert len(labels) >= 2
+    assert fig.axes[0].get_yscale() == "linear"  # 0.66..0.95: no log scale for less than a factor 3
+    assert "clipped" not in fig.axes[0].get_ylabel()
+    plt.close("all")
+
+
+def test_curve_clipping_is_said_in_the_legend_only_when_it_happens():
+    fig = plot_approximation_curves({"a": ([10, 100], [0.5, 1e-12]), "b": ([10, 100], [0.9, 0.3])})
+    ax = fig.axes[0]
+    assert ax.lines[0].get_ydata()[-1] == pytest.approx(1e-6) and ax.get_yscale() == "log"
+    assert any("exact fit" in t.get_text() for t in ax.get_legend().get_texts())
+    fig = plot_approximation_curves({"b": ([10, 100], [0.9, 0.3])})
+    assert not any("exact fit" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+    plt.close("all")
+
+
+def test_tied_curves_stay_visible():
+    """Series drawn over one another (a tie, as for the Gaussian target) show as nested markers:
+    each earlier series has larger markers than the ones drawn over it, and its own marker shape."""
+    same = (np.array([100, 200, 400]), np.array([0.9, 0.8, 0.7]))
+    fig = plot_approximation_curves({"lowrank": same, "monarch(nblocks=2)": same, "monarch(nblocks=4)": same})
+    lines = fig.axes[0].lines[:3]
+    sizes = [line.get_markersize() for line in lines]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 3
+    assert len({line.get_marker() for line in lines}) == 3 and len({line.get_linestyle() for line in lines}) == 3
+    plt.close("all")
+
+
+def test_curve_grid_one_panel_per_target():
+    suite = target_suite(32)
+    curves = {k: approximation_curve(v, [64, 256]) for k, v in list(suite.items())[:3]}
+    fig = plot_curve_grid(curves)
+    panels = [ax for ax in fig.axes if ax.axison]
+    assert [ax.get_title() for ax in panels] == list(curves)
+    assert fig.axes[len(curves)].get_legend() is not None  # the spare slot holds the shared legend
+    plt.close("all")
+
+
 def test_report_quick(tmp_path):
-    from structmat.experiments.report import run_report
+    from structmat.experiments.report import _capacity_row, run_report
 
     result = run_report(tmp_path, quick=True, progress=False)
     text = (tmp_path / "report.md").read_text()
@@ -168,3 +304,9 @@ def test_report_quick(tmp_path):
     assert "## Which transforms each structure recovers (n=16)" in text
     assert "| DCT-II (16) | **" in text and "| Gaussian (16) | **" not in text
     assert {r.target for r in result["recovery"]} >= {"DFT", "DCT-II", "Gaussian"}
+    assert text.index("figures/overview.png") < text.index("## Error at equal parameter budget")  # overview on top
+    assert f"more than {TIE_MARGIN:.0%}" in text
+    big = {c.structure: c for c in choose_structures(768, 768, 8 * 1536)}  # the full report's capacity case
+    assert _capacity_row(big["butterfly"], None) == "| butterfly | - (needs 20,480) | - | - | - |"  # "-", not 0
+    for key in ("overview", "spectra", "rank_capacity"):
+        assert (tmp_path / "figures" / f"{key}.svg").is_file()

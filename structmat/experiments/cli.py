@@ -53,13 +53,7 @@ def _prepare_out_file(parser: argparse.ArgumentParser, option: str, path: str | 
         return
     if os.path.isdir(path):
         parser.error(f"{option} {path!r} is a folder; give a file name")
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as err:
-        parser.error(f"{option} {path!r}: cannot create its folder ({err.strerror})")
-    if not os.access(folder, os.W_OK):
-        parser.error(f"{option} {path!r}: its folder is not writable")
+    _prepare_out_folder(parser, option, os.path.dirname(os.path.abspath(path)))
 
 
 def _prepare_out_folder(parser: argparse.ArgumentParser, option: str, path: str | None) -> None:

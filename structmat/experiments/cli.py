@@ -207,6 +207,7 @@ def _finetune(args: argparse.Namespace) -> int:
             with open(args.out, "w") as f:
                 json.dump(result, f, indent=1)
     if dist.is_initialized():
+        dist.barrier()  # leave together: rank 0 may still be writing; a rank gone early can abort gloo
         dist.destroy_process_group()
     return 0
 

@@ -31,6 +31,10 @@ def main(out: Path) -> None:
     trainer.save_model(str(out / "final"))
     if trainer.args.process_index == 0:
         (out / "world.txt").write_text(f"{trainer.args.world_size} {result.training_loss}")
+    # leave together: a rank that exits while another still talks to it aborts in gloo's threads
+    # ("terminate called without an active exception", seen once in a CI run)
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -319,3 +319,23 @@ def test_lora_pissa_init_keeps_outputs():
     torch.testing.assert_close(logits(model, batch), logits(base, batch), rtol=0, atol=1e-5)
     layer = model.base_model.model.bert.encoder.layer[0].attention.self.query
     assert not torch.equal(layer.base_layer.weight, base.bert.encoder.layer[0].attention.self.query.weight)
+
+
+def test_projection_init_in_the_reference_layout(tmp_path):
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(100, 250)).double()
+    cfg = MoReConfig(
+        target_modules=["0"], nblocks=3, rank=2, layout="reference", init="projection", modules_to_save=None
+    )
+    model = apply_more(copy.deepcopy(base), config=cfg)
+    layer = more_layers(model)["0"]
+    assert layer.monarch.blkdiag2.shape[1] == 85  # the reference's block height (ours: 84)
+    x = torch.randn(4, 100, dtype=torch.float64)
+    torch.testing.assert_close(model(x), base(x), rtol=0, atol=1e-10)
+    M = dense_from_factors(layer.monarch.blkdiag1.detach(), layer.monarch.blkdiag2.detach(), 100, 250)
+    W = base[0].weight.detach()
+    torch.testing.assert_close(layer.base_layer.weight, W - M, rtol=0, atol=1e-12)
+    optimum = optimal_error(W, "monarch", nblocks=3, rank=2)  # the same optimum in either layout
+    torch.testing.assert_close(torch.linalg.matrix_norm(W - M) / torch.linalg.matrix_norm(W), optimum)
+    save_adapter(model, tmp_path)
+    assert torch.equal(load_adapter(copy.deepcopy(base), tmp_path)(x), model(x))

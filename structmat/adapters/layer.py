@@ -258,8 +258,12 @@ class MoReLinear(nn.Module):
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
         """``W + ΔW`` of the active adapter, in the base weight's layout and dtype (nothing changes)."""
+        return self.base_layer.weight + self._weight_delta()
+
+    def _weight_delta(self) -> torch.Tensor:
+        """``ΔW`` laid out like the base weight: its dtype, and its shards under FSDP2."""
         weight = self.base_layer.weight
-        return weight + shard_like(self.delta_weight().to(weight.dtype), weight)
+        return shard_like(self.delta_weight().to(weight.dtype), weight)
 
     @torch.no_grad()
     def merge(self, safe_merge: bool = False) -> None:
@@ -278,17 +282,15 @@ class MoReLinear(nn.Module):
         if self.merged_adapter is not None:
             return
         weight = self.base_layer.weight
-        merged = self.merged_weight()
+        delta = self._weight_delta()
+        merged = weight + delta
         if safe_merge and not bool(torch.isfinite(full_tensor(merged)).all()):
             raise ValueError("safe_merge: merging this adapter produces NaN or inf weights; not merged")
         if is_sharded(weight):
             self.unmerged_shard = weight.detach().to_local().clone()
             weight.detach().to_local().copy_(merged.to_local())
-            self.merged_adapter = self.active_adapter
-            return
-        if parametrize.is_parametrized(self.base_layer, "weight"):
-            delta = AddDelta(self.delta_weight().to(weight.dtype))
-            parametrize.register_parametrization(self.base_layer, "weight", delta)
+        elif parametrize.is_parametrized(self.base_layer, "weight"):
+            parametrize.register_parametrization(self.base_layer, "weight", AddDelta(delta))
         else:
             self._unmerged = (weight,)  # a tuple: not registered as a parameter of this module
             self.base_layer.weight = nn.Parameter(merged, requires_grad=weight.requires_grad)
@@ -302,9 +304,7 @@ class MoReLinear(nn.Module):
         if hasattr(self, "unmerged_shard"):  # FSDP2: the shard was written in place
             self.base_layer.weight.detach().to_local().copy_(self.unmerged_shard)
             del self.unmerged_shard
-            self.merged_adapter = None
-            return
-        if parametrize.is_parametrized(self.base_layer, "weight") and not hasattr(self, "_unmerged"):
+        elif parametrize.is_parametrized(self.base_layer, "weight") and not hasattr(self, "_unmerged"):
             del self.base_layer.parametrizations.weight[-1]  # the AddDelta merge() appended
         else:
             self.base_layer.weight = self._unmerged[0]

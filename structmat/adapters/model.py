@@ -179,10 +179,11 @@ def _add_adapter(
             f"the model's adapter {projected[0]!r} is projection-initialised (its base weights hold W - M); "
             f"a new adapter would sit on that residual: unload() or delete_adapter() it first"
         )
-    if projection and _shared_weight_owners(model, targets):
+    tied = _shared_weight_owners(model, targets)  # walks every parameter once
+    if projection and tied:
         raise ValueError(
             "init='projection' replaces the base weights by W - M, which a tied weight cannot take; "
-            f"tied target modules: {sorted(_shared_weight_owners(model, targets))}"
+            f"tied target modules: {sorted(tied)}"
         )
     # Build every update before touching the model: a layer that does not fit fails cleanly.
     updates = {}
@@ -205,7 +206,7 @@ def _add_adapter(
             f"(or fine-tuning the layer itself) is cheaper",
             stacklevel=stacklevel,
         )
-    for name, mods in _shared_weight_owners(model, targets).items():
+    for name, mods in tied.items():
         warnings.warn(
             f"target module {name!r} shares its weight with {', '.join(map(repr, mods))} (tied weights): "
             f"merging gives {name!r} its own merged weight and leaves the others unchanged",

@@ -27,8 +27,9 @@ from .model import apply_more, more_layers, saved_modules, unwrap_model
 from .targets import is_linear
 
 FACTORS = ("blkdiag1", "blkdiag2")
-# module-path prefixes the reference's wrappers add (DDP, PEFT-style wrappers, pyreft)
-WRAPPER_PREFIXES = ("module.", "base_model.model.", "model.model.")
+# module-path prefixes the reference's wrappers add (DDP, PEFT-style wrappers, pyreft's "model."),
+# stripped one at a time only while a key's module is not the model's own
+WRAPPER_PREFIXES = ("module.", "base_model.model.", "model.")
 # trainable extras of reference options structmat does not implement
 UNSUPPORTED = {"scaler": "the reference's output scaler", "blkdiag_mult": "the reference's multiplicative factor"}
 

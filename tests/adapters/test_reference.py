@@ -130,7 +130,7 @@ def reference_checkpoint(seed: int = 0, prefix: str = "") -> dict[str, torch.Ten
     }
 
 
-@pytest.mark.parametrize("prefix", ["", "module.", "base_model.model."])
+@pytest.mark.parametrize("prefix", ["", "module.", "base_model.model.", "model.", "module.model."])
 def test_reference_checkpoint_imports_exactly(prefix, tmp_path):
     state = reference_checkpoint(prefix=prefix)
     torch.save(state, tmp_path / "adapter.pt")

@@ -11,7 +11,10 @@ Tasks (``name -> task.json`` in the archive):
 
 - ``arithmetic``: ``arithmetic/3_digit_addition`` (1,000 questions "What is 161 plus 390?");
 - ``strategyqa``: yes/no questions needing implicit multi-step reasoning (2,290; from
-  StrategyQA, Geva et al. 2021); the answer is the ``Yes``/``No`` key of ``target_scores``.
+  StrategyQA, Geva et al. 2021); the answer is the ``Yes``/``No`` key of ``target_scores``;
+- ``arithmetic_mix``: ``arithmetic/{3_digit_addition, 3_digit_subtraction,
+  2_digit_multiplication}`` together (about 3,000 questions: enough for 2,000+ training
+  examples, a validation and a test split).
 
 Splits are fixed: each example goes to test when a hash of its question falls in the test
 fraction, so the split does not depend on file order, seeds or the number of examples used.
@@ -33,9 +36,14 @@ from .cache import cache_dir, cached_folder
 ARCHIVE_NAME = "bigbench-1.0.0.tar.gz"
 ARCHIVE_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
 ARCHIVE_ENV = "STRUCTMAT_BIGBENCH_ARCHIVE"
-TASK_FILES = {
-    "arithmetic": "arithmetic/3_digit_addition/task.json",
-    "strategyqa": "strategyqa/task.json",
+TASK_FILES: dict[str, tuple[str, ...]] = {  # task -> the task.json files whose examples it pools
+    "arithmetic": ("arithmetic/3_digit_addition/task.json",),
+    "strategyqa": ("strategyqa/task.json",),
+    "arithmetic_mix": (
+        "arithmetic/3_digit_addition/task.json",
+        "arithmetic/3_digit_subtraction/task.json",
+        "arithmetic/2_digit_multiplication/task.json",
+    ),
 }
 LICENSE = "Apache-2.0 (BIG-bench redistributes both tasks; strategyqa is from StrategyQA, Geva et al. 2021)"
 
@@ -91,7 +99,8 @@ def archive_path() -> str:
 
 
 def _extract_tasks(archive: str, out: str) -> None:
-    wanted = {f"bigbench/benchmark_tasks/{rel}": rel for rel in TASK_FILES.values()}
+    files = sorted({rel for rels in TASK_FILES.values() for rel in rels})
+    wanted = {f"bigbench/benchmark_tasks/{rel}": rel for rel in files}
     found = set()
     try:
         with tarfile.open(archive, "r:gz") as tar:
@@ -110,7 +119,7 @@ def _extract_tasks(archive: str, out: str) -> None:
             f"cannot extract BIG-bench tasks from {archive} ({err}); the file is not a readable "
             f"{ARCHIVE_NAME}. Delete it and retry, or set {ARCHIVE_ENV} to a good copy"
         ) from None
-    missing = sorted(set(TASK_FILES.values()) - found)
+    missing = sorted(set(files) - found)
     if missing:
         raise RuntimeError(f"{archive} does not contain {', '.join(missing)}; is it {ARCHIVE_NAME}?")
 
@@ -134,28 +143,43 @@ def _answer(task: str, example: dict) -> str:
     return str(example["target"]).strip()
 
 
-def _in_test(question: str, test_fraction: float) -> bool:
-    h = int.from_bytes(hashlib.sha256(question.encode()).digest()[:8], "big")
-    return h / 2**64 < test_fraction
+def _hash_fraction(question: str) -> float:
+    return int.from_bytes(hashlib.sha256(question.encode()).digest()[:8], "big") / 2**64
 
 
-def load_bigbench(task: str, test_fraction: float = 0.2) -> tuple[list[QAExample], list[QAExample]]:
-    """``(train, test)`` question/answer pairs of a BIG-bench task (see :data:`TASK_FILES`).
+def bigbench_splits(
+    task: str, test_fraction: float = 0.2, validation_fraction: float = 0.0
+) -> tuple[list[QAExample], list[QAExample], list[QAExample]]:
+    """``(train, validation, test)`` question/answer pairs of a BIG-bench task (see :data:`TASK_FILES`).
 
-    Duplicated questions are kept once; the split is by a hash of the question (fixed).
+    Duplicated questions are kept once; the split is by a hash of the question (fixed): test
+    below ``test_fraction``, validation below ``test_fraction + validation_fraction``, train above.
     """
     if task not in TASK_FILES:
         raise ValueError(f"task must be one of {sorted(TASK_FILES)}, got {task!r}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
-    with open(os.path.join(task_folder(), TASK_FILES[task])) as f:
-        examples = json.load(f)["examples"]
+    if not 0.0 <= validation_fraction < 1.0 - test_fraction:
+        raise ValueError(f"validation_fraction must be in [0, 1 - test_fraction), got {validation_fraction!r}")
+    examples = []
+    for rel in TASK_FILES[task]:
+        with open(os.path.join(task_folder(), rel)) as f:
+            examples += json.load(f)["examples"]
     seen: set[str] = set()
-    train, test = [], []
+    train, validation, test = [], [], []
     for ex in examples:
         question = ex["input"].strip()
         if question in seen:
             continue
         seen.add(question)
-        (test if _in_test(question, test_fraction) else train).append(QAExample(question, _answer(task, ex)))
+        h = _hash_fraction(question)
+        part = test if h < test_fraction else validation if h < test_fraction + validation_fraction else train
+        part.append(QAExample(question, _answer(task, ex)))
+    return train, validation, test
+
+
+def load_bigbench(task: str, test_fraction: float = 0.2) -> tuple[list[QAExample], list[QAExample]]:
+    """``(train, test)`` question/answer pairs of a BIG-bench task (:func:`bigbench_splits`
+    without a validation split)."""
+    train, _, test = bigbench_splits(task, test_fraction)
     return train, test

@@ -18,7 +18,8 @@ from ..adapters import count_parameters
 from ..checks import check_positive_int
 from ..progress import tqdm
 from .bigbench import TASK_FILES, QAExample, load_bigbench
-from .loop import Batch, train, training_memory_bytes, world
+from .data import example_id
+from .loop import Batch, TrainStats, train, training_memory_bytes, world
 from .methods import adapt, save_trained
 from .models import load_smollm2
 
@@ -146,17 +147,38 @@ def generate_answers(
     return answers
 
 
+def answer_predictions(
+    model, tokenizer, task: str, examples: Sequence[QAExample], max_new_tokens: int, progress=None
+) -> dict:
+    """``{"ids", "gold", "pred"}``: the normalised greedy answer to every question of
+    ``examples`` and its normalised reference (the record format of :mod:`structmat.analysis.paired`)."""
+    got = generate_answers(model, tokenizer, task, [e.question for e in examples], max_new_tokens, progress=progress)
+    return {
+        "ids": [example_id(e.question) for e in examples],
+        "gold": [normalise_answer(e.answer) for e in examples],
+        "pred": got,
+    }
+
+
 def exact_match(model, tokenizer, task: str, examples: Sequence[QAExample], max_new_tokens: int, progress=None):
     """Fraction of ``examples`` whose greedy answer equals the reference (see :func:`normalise_answer`)."""
-    got = generate_answers(model, tokenizer, task, [e.question for e in examples], max_new_tokens, progress=progress)
-    return sum(g == normalise_answer(e.answer) for g, e in zip(got, examples, strict=True)) / len(examples)
+    p = answer_predictions(model, tokenizer, task, examples, max_new_tokens, progress)
+    return sum(g == y for g, y in zip(p["gold"], p["pred"], strict=True)) / len(examples)
 
 
-def run_causal(cfg: CausalConfig, data: tuple[list[QAExample], list[QAExample]] | None = None, base=None) -> dict:
+def run_causal(
+    cfg: CausalConfig,
+    data: tuple[list[QAExample], list[QAExample]] | None = None,
+    base=None,
+    eval_sets: dict[str, Sequence[QAExample]] | None = None,
+) -> dict:
     """Train and evaluate one configuration; returns a dict of settings and measurements.
 
     ``base``: an already loaded ``(model, tokenizer)`` to adapt (it is modified in place);
-    by default SmolLM2 is loaded (from the cache after the first time).
+    by default SmolLM2 is loaded (from the cache after the first time). ``eval_sets`` (name ->
+    examples): the result also holds ``"predictions"`` (name -> :func:`answer_predictions`) and
+    ``"scores"`` (name -> exact match), and ``"exact_match"`` is the ``"test"`` score. A run
+    whose loss becomes NaN or inf stops there and is still evaluated (``"diverged"``).
     """
     train_set, test_set = data or load_bigbench(cfg.task)
     train_set, test_set = train_set[: cfg.train_size], test_set[: cfg.test_size]
@@ -177,12 +199,27 @@ def run_causal(cfg: CausalConfig, data: tuple[list[QAExample], list[QAExample]] 
     ]
     memory = training_memory_bytes(model, batches[0], answer_loss)
     torch.manual_seed(cfg.seed)
-    stats = train(
-        model, batches, lr=cfg.lr, loss_fn=answer_loss, progress=cfg.progress, desc=f"{cfg.method} r={cfg.rank}"
-    )
+    stats = TrainStats()
+    try:
+        train(
+            model, batches, lr=cfg.lr, loss_fn=answer_loss, progress=cfg.progress, desc=f"{cfg.method} r={cfg.rank}",
+            stats=stats,
+        )  # fmt: skip
+        diverged = None
+    except FloatingPointError as err:  # the record says so; the model is evaluated as it is
+        diverged = str(err)
+        model.eval()
     if cfg.save_adapter and world()[0] == 0:
         save_trained(model, cfg.method, cfg.save_adapter)
-    after = exact_match(model, tokenizer, cfg.task, test_set, cfg.max_new_tokens, cfg.progress)
+    preds, scores = {}, {}
+    if eval_sets and world()[0] == 0:
+        for name, examples in eval_sets.items():
+            p = answer_predictions(model, tokenizer, cfg.task, examples, cfg.max_new_tokens, cfg.progress)
+            preds[name] = p
+            scores[name] = sum(g == y for g, y in zip(p["gold"], p["pred"], strict=True)) / len(examples)
+        after = scores.get("test")
+    else:
+        after = exact_match(model, tokenizer, cfg.task, test_set, cfg.max_new_tokens, cfg.progress)
     result = asdict(cfg) | {
         "model": "SmolLM2-135M-Instruct",
         "trainable_params": trainable,
@@ -192,8 +229,12 @@ def run_causal(cfg: CausalConfig, data: tuple[list[QAExample], list[QAExample]] 
         "median_step_seconds": stats.median_step_seconds,
         "train_memory_mb": memory / 2**20,
         "final_loss": sum(stats.losses[-10:]) / len(stats.losses[-10:]),
+        "steps": len(stats.losses),
+        "diverged": diverged,
         "train_examples": len(train_set),
         "test_examples": len(test_set),
     }
+    if preds:
+        result["predictions"], result["scores"] = preds, scores
     result["targets"] = cfg.targets if isinstance(cfg.targets, str) else list(cfg.targets)
     return result

@@ -12,7 +12,7 @@ from ..adapters import count_parameters
 from ..checks import check_positive_int
 from ..progress import tqdm
 from .data import TextDataset, load_rotten_tomatoes
-from .loop import to_device, train, training_memory_bytes, world
+from .loop import TrainStats, to_device, train, training_memory_bytes, world
 from .methods import adapt, save_trained
 from .models import load_minilm_classifier
 
@@ -61,31 +61,51 @@ def make_batches(data: TextDataset, tokenizer, batch_size: int, max_length: int,
 
 
 @torch.no_grad()
-def accuracy(model, batches, progress: bool | None = None) -> float:
+def predict(model, batches, progress: bool | None = None) -> list[int]:
+    """The predicted label of every example of ``batches``, in order."""
     model.eval()
-    correct = total = 0
+    preds: list[int] = []
     device = next(model.parameters()).device
     for batch in tqdm(batches, desc="eval", disable=None if progress is None else not progress, leave=False):
         batch = to_device(batch, device)
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        correct += int((logits.argmax(-1) == batch["labels"]).sum())
-        total += len(batch["labels"])
-    return correct / total
+        preds += logits.argmax(-1).tolist()
+    return preds
 
 
-def run_classification(cfg: FinetuneConfig, data: tuple[TextDataset, TextDataset] | None = None) -> dict:
-    """Train and evaluate one configuration; returns a dict of settings and measurements."""
+def accuracy(model, batches, progress: bool | None = None) -> float:
+    gold = [y for b in batches for y in b["labels"].tolist()]
+    preds = predict(model, batches, progress)
+    return sum(p == g for p, g in zip(preds, gold, strict=True)) / len(gold)
+
+
+def predictions(model, data: TextDataset, tokenizer, max_length: int, progress: bool | None = None) -> dict:
+    """``{"ids", "gold", "pred"}``: the model's label for every example of ``data`` (the record
+    format of :mod:`structmat.analysis.paired`)."""
+    pred = predict(model, make_batches(data, tokenizer, 64, max_length, None), progress)
+    return {"ids": data.ids, "gold": list(data.labels), "pred": pred}
+
+
+def run_classification(
+    cfg: FinetuneConfig,
+    data: tuple[TextDataset, TextDataset] | None = None,
+    eval_sets: dict[str, TextDataset] | None = None,
+) -> dict:
+    """Train and evaluate one configuration; returns a dict of settings and measurements.
+
+    ``eval_sets`` (name -> data, e.g. ``{"validation": ..., "test": ...}``): the result also
+    holds ``"predictions"`` (name -> :func:`predictions`) and ``"scores"`` (name -> accuracy).
+    A run whose loss becomes NaN or inf stops there and is still evaluated (``"diverged"``
+    says at which step); every other error propagates.
+    """
     train_set, test_set = data or load_rotten_tomatoes(seed=0)
-    train_set = TextDataset(
-        train_set.texts[: cfg.train_size], train_set.labels[: cfg.train_size], train_set.label_names
-    )
-    test_set = TextDataset(test_set.texts[: cfg.test_size], test_set.labels[: cfg.test_size], test_set.label_names)
+    train_set = train_set.head(cfg.train_size)
+    test_set = test_set.head(cfg.test_size)
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_minilm_classifier(num_labels=2, dropout=cfg.model_dropout)
+    model, tokenizer = load_minilm_classifier(num_labels=len(train_set.label_names), dropout=cfg.model_dropout)
     model = adapt(model.to(cfg.device), cfg.method, cfg.targets, cfg.rank, cfg.nblocks)
     trainable, total = count_parameters(model)
     adapter = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n)
-    test_batches = make_batches(test_set, tokenizer, 64, cfg.max_length, None)
     batches = [
         b
         for e in range(cfg.epochs)
@@ -93,19 +113,37 @@ def run_classification(cfg: FinetuneConfig, data: tuple[TextDataset, TextDataset
     ]
     memory = training_memory_bytes(model, batches[0])
     torch.manual_seed(cfg.seed)
-    stats = train(model, batches, lr=cfg.lr, progress=cfg.progress, desc=f"{cfg.method} r={cfg.rank}")
+    stats = TrainStats()
+    try:
+        train(model, batches, lr=cfg.lr, progress=cfg.progress, desc=f"{cfg.method} r={cfg.rank}", stats=stats)
+        diverged = None
+    except FloatingPointError as err:  # the record says so; the model is evaluated as it is
+        diverged = str(err)
+        model.eval()
     if cfg.save_adapter and world()[0] == 0:
         save_trained(model, cfg.method, cfg.save_adapter)
     result = asdict(cfg) | {
         "trainable_params": trainable,
         "adapter_params": adapter,
         "total_params": total,
-        "accuracy": accuracy(model, test_batches, cfg.progress) if world()[0] == 0 else None,
+        "accuracy": None,
         "median_step_seconds": stats.median_step_seconds,
         "train_memory_mb": memory / 2**20,
         "final_loss": sum(stats.losses[-10:]) / len(stats.losses[-10:]),
+        "steps": len(stats.losses),
+        "diverged": diverged,
         "train_examples": len(train_set),
         "test_examples": len(test_set),
     }
+    if eval_sets and world()[0] == 0:
+        preds = {name: predictions(model, d, tokenizer, cfg.max_length, cfg.progress) for name, d in eval_sets.items()}
+        result["predictions"] = preds
+        result["scores"] = {
+            name: sum(g == y for g, y in zip(p["gold"], p["pred"], strict=True)) / len(p["gold"])
+            for name, p in preds.items()
+        }
+        result["accuracy"] = result["scores"].get("test")
+    elif world()[0] == 0:  # the evaluation runs on rank 0 only
+        result["accuracy"] = accuracy(model, make_batches(test_set, tokenizer, 64, cfg.max_length, None), cfg.progress)
     result["targets"] = cfg.targets if isinstance(cfg.targets, str) else list(cfg.targets)
     return result

@@ -66,11 +66,14 @@ def train(
     loss_fn: Callable[[nn.Module, Batch], torch.Tensor] | None = None,
     progress: bool | None = None,
     desc: str = "train",
+    stats: TrainStats | None = None,
 ) -> TrainStats:
     """AdamW on the trainable parameters, linear warm-up then linear decay, one pass over ``batches``.
 
     ``loss_fn(model, batch)`` defaults to ``model(**batch).loss``. Under ``torch.distributed``
-    the model is wrapped in DDP and every batch is sharded across ranks.
+    the model is wrapped in DDP and every batch is sharded across ranks. ``stats``: filled in
+    as training goes (so a caller keeps the losses up to a ``FloatingPointError``, raised when
+    the loss becomes NaN or inf).
     """
     rank, size = world()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -86,7 +89,7 @@ def train(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     loss_fn = loss_fn or (lambda m, b: m(**b).loss)
-    stats = TrainStats()
+    stats = stats if stats is not None else TrainStats()
     model.train()
     bar = tqdm(batches, desc=desc, disable=(rank != 0) or (None if progress is None else not progress), leave=False)
     device = params[0].device

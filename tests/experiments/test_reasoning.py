@@ -116,6 +116,12 @@ def _fake_archive(path, n=50, members=None):
         "arithmetic/3_digit_addition/task.json": {
             "examples": [{"input": f"What is {100 + i} plus {200 + i}?", "target": str(300 + 2 * i)} for i in range(n)]
         },
+        "arithmetic/3_digit_subtraction/task.json": {
+            "examples": [{"input": f"What is {900 - i} minus {100 + i}?", "target": str(800 - 2 * i)} for i in range(n)]
+        },
+        "arithmetic/2_digit_multiplication/task.json": {
+            "examples": [{"input": f"What is {10 + i} times 3?", "target": str(30 + 3 * i)} for i in range(n)]
+        },
         "strategyqa/task.json": {
             "examples": [
                 {"input": f"Question {i}?", "target": "Yes. because", "target_scores": {"Yes": i % 2, "No": 1 - i % 2}}
@@ -160,6 +166,17 @@ def test_bigbench_tasks_extract_and_split_fixed(fake_bigbench):
     assert {e.answer for e in qa_train + qa_test} == {"Yes", "No"}
 
 
+def test_bigbench_mix_pools_its_files_and_splits_validation_off_training(fake_bigbench):
+    train, val, test = bigbench.bigbench_splits("arithmetic_mix", test_fraction=0.2, validation_fraction=0.2)
+    assert len(train) + len(val) + len(test) == 150  # three files of 50 questions
+    assert {"plus", "minus", "times"} == {e.question.split()[3] for e in train + val + test}
+    assert not ({e.question for e in train} & {e.question for e in val})
+    assert {e.question for e in test} == {e.question for e in bigbench.load_bigbench("arithmetic_mix")[1]}
+    assert len(val) > 0
+    with pytest.raises(ValueError, match="validation_fraction"):
+        bigbench.bigbench_splits("arithmetic_mix", 0.5, 0.6)
+
+
 def test_bigbench_errors_are_clear(tmp_path, monkeypatch):
     monkeypatch.setenv("STRUCTMAT_CACHE", str(tmp_path / "cache"))
     with pytest.raises(ValueError, match="task must be one of"):
@@ -171,7 +188,7 @@ def test_bigbench_errors_are_clear(tmp_path, monkeypatch):
         load_bigbench("arithmetic")
     partial = _fake_archive(tmp_path / "partial.tar.gz", members={"strategyqa/task.json"})
     monkeypatch.setenv(bigbench.ARCHIVE_ENV, str(partial))
-    with pytest.raises(RuntimeError, match="does not contain arithmetic/3_digit_addition/task.json"):
+    with pytest.raises(RuntimeError, match="does not contain .*arithmetic/3_digit_addition/task.json"):
         load_bigbench("strategyqa")
     monkeypatch.setenv(bigbench.ARCHIVE_ENV, str(tmp_path / "missing.tar.gz"))
     with pytest.raises(FileNotFoundError, match="STRUCTMAT_BIGBENCH_ARCHIVE"):

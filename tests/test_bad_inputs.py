@@ -14,6 +14,7 @@ before anything loads; one subprocess run checks that no traceback reaches the t
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import subprocess
 import sys
@@ -234,6 +235,31 @@ def _recovery_rows():
     return [analysis.RecoveryRow("dft", 8, "monarch", 32, 0.5, False, "nblocks 2", 0.0)]
 
 
+def _family_fields():  # a valid StructureFamily's required fields: low rank's, under another name
+    low = structmat.registry.get_structure("lowrank")
+    keys = ("label", "module", "build", "num_params", "rank_capacity", "fit", "zero_init", "style", "largest_size")
+    return {"name": lambda: "fuzzed"} | {k: functools.partial(getattr, low, k) for k in keys}
+
+
+def _fuzzed_family():
+    return structmat.StructureFamily(**{k: make() for k, make in _family_fields().items()})
+
+
+def _register_and_undo(family, replace):
+    """register_structure, leaving the registry as it was (no global side effect)."""
+    before = structmat.structures()
+    try:
+        return structmat.register_structure(family, replace=replace)
+    finally:
+        if structmat.structures() != before:
+            structmat.unregister_structure(family.name)
+
+
+def _unregister_after_registering(name):
+    with structmat.registry.registered(_fuzzed_family()):
+        return structmat.unregister_structure(name)
+
+
 VALID_W = {"W": W}
 SPECS: dict[str, Spec] = {
     # structmat
@@ -285,6 +311,10 @@ SPECS: dict[str, Spec] = {
         VALID_W | {"structure": lambda: "lowrank", "rank": lambda: 2},
         check_lowrank_optimum,
     ),
+    "StructureFamily": Spec(structmat.StructureFamily, _family_fields()),
+    "register_structure": Spec(_register_and_undo, {"family": _fuzzed_family, "replace": lambda: False}),
+    "unregister_structure": Spec(_unregister_after_registering, {"name": lambda: "fuzzed"}),
+    "structures": Spec(structmat.structures, {}),
     "monarch_multiply": Spec(
         structmat.monarch_multiply,
         {"x": lambda: _t(3, 8), "blkdiag1": lambda: _t(2, 2, 4), "blkdiag2": lambda: _t(2, 4, 2)},

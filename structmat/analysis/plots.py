@@ -23,14 +23,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
+from ..palette import CLIP_MARKER, LINESTYLES, MARKERS, PALETTE, palette_style
+from ..registry import style_of
 from .capacity import StructureChoice
 from .compare import EXACT_ERROR
 from .curves import CurvePoint
-
-# Okabe & Ito (2008), ordered for contrast on white; yellow last (weak on white).
-PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
-LINESTYLES = ("-", "--", "-.", ":", "-", "--", "-.", ":")
-MARKERS = ("o", "s", "^", "D", "P", "X", "*", "h")  # "v" is kept for clipped points
 
 STYLE: dict = {
     "figure.figsize": (6.4, 4.0),
@@ -55,17 +52,12 @@ STYLE: dict = {
     "axes.prop_cycle": cycler(color=PALETTE, linestyle=LINESTYLES, marker=MARKERS),
 }
 
-# Fixed styles for the structure families, so a family looks the same in every figure.
-_KNOWN = ("lowrank", "monarch(nblocks=1)", "monarch(nblocks=2)", "monarch(nblocks=4)", "monarch(nblocks=8)")
-_KNOWN += ("monarch(nblocks=16)", "butterfly")
-_CLIP_MARKER = "v"
-
 
 def series_style(name: str, index: int) -> dict:
-    """Colour, line style and marker of a series: fixed for the structure families, else by ``index``."""
-    i = _KNOWN.index(name) if name in _KNOWN else index
-    i %= len(PALETTE)
-    return {"color": PALETTE[i], "linestyle": LINESTYLES[i], "marker": MARKERS[i]}
+    """Colour, line style and marker of a series: the registered style of a structure family's
+    series label (:func:`structmat.registry.style_of`), else the ``index``-th of the shared tables."""
+    style = style_of(name) or palette_style(index)
+    return style.as_kwargs()
 
 
 def _layered(index: int, count: int) -> dict:
@@ -164,7 +156,7 @@ def _log_axis(ax: Axes, which: str, lo: float, hi: float, at: np.ndarray | None 
 
 
 def _clip_note(text: str) -> Line2D:
-    return Line2D([], [], color="0.3", linestyle="none", marker=_CLIP_MARKER, label=text)
+    return Line2D([], [], color="0.3", linestyle="none", marker=CLIP_MARKER, label=text)
 
 
 def plot_spectra(
@@ -214,7 +206,7 @@ def plot_spectra(
             ax.plot(idx, np.maximum(sv, level), label=name, markevery=list(informative[start::every]), **style)
             if low.any():
                 first = int(np.argmax(low))
-                ax.plot(idx[first], level, color=style["color"], marker=_CLIP_MARKER, markersize=8, linestyle="none")
+                ax.plot(idx[first], level, color=style["color"], marker=CLIP_MARKER, markersize=8, linestyle="none")
                 clipped_dtypes.append(dtype_name)
             lo, hi = min(lo, float(np.maximum(sv, level).min())), max(hi, top)
         if clipped_dtypes:
@@ -294,7 +286,7 @@ def plot_approximation_curves(
             ax.plot(x, y, label=name, **size, **style)
             if low.any():
                 clipped = True
-                ax.plot(x[low], y[low], linestyle="none", marker=_CLIP_MARKER, color=style["color"], markersize=8)
+                ax.plot(x[low], y[low], linestyle="none", marker=CLIP_MARKER, color=style["color"], markersize=8)
             xs_all.append(x)
             ys_all.append(y)
         if xs_all:

@@ -27,7 +27,7 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, butterfly_dense_reference, lowrank_dense_reference, monarch_dense_reference, tiny_bert
+from helpers import REPO, dense_reference, tiny_bert
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -103,18 +103,10 @@ def _assert_no_nan(value) -> None:
         assert not math.isnan(value), "NaN in a result"
 
 
-def _dense_reference(op) -> torch.Tensor:
-    if isinstance(op, structmat.Monarch):
-        return monarch_dense_reference(op)
-    if isinstance(op, structmat.LowRank):
-        return lowrank_dense_reference(op)
-    return butterfly_dense_reference(op)
-
-
 def check_module(op, kw) -> None:
     """A structure: forward equals x @ M.T with M from the independent reference."""
     assert isinstance(op, structmat.StructuredLinear)
-    M = _dense_reference(op).double()
+    M = dense_reference(op).double()
     real = op.dtype.to_real() if op.dtype.is_complex else op.dtype
     x = torch.randn(*op.batch_shape, 3, op.in_features, dtype=real)
     got = op(x).to(M.dtype if M.is_complex() else torch.float64)
@@ -127,7 +119,7 @@ def check_module(op, kw) -> None:
 def check_fit(op, kw) -> None:
     """A fitted structure: a correct module whose fit_error is the true error of its matrix."""
     check_module(op, kw)
-    M = _dense_reference(op)
+    M = dense_reference(op)
     target = kw["W"].cdouble() if (kw["W"].is_complex() or M.is_complex()) else kw["W"].double()
     M = M.to(target.dtype)
     scale = target.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-300)
@@ -168,12 +160,12 @@ def check_hadamard(op, kw) -> None:
     import scipy.linalg
 
     H = torch.from_numpy(scipy.linalg.hadamard(kw["n"]).astype(np.float64))
-    torch.testing.assert_close(_dense_reference(op).double(), H / math.sqrt(kw["n"]) if kw["normalized"] else H)
+    torch.testing.assert_close(dense_reference(op).double(), H / math.sqrt(kw["n"]) if kw["normalized"] else H)
 
 
 def check_dft(op, kw) -> None:
     F = torch.fft.fft(torch.eye(kw["n"], dtype=torch.complex128), dim=0, norm="ortho" if kw["normalized"] else None)
-    torch.testing.assert_close(_dense_reference(op).to(torch.complex128), F, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dense_reference(op).to(torch.complex128), F, rtol=1e-5, atol=1e-5)
 
 
 def check_angles(angles, kw) -> None:
@@ -284,6 +276,12 @@ SPECS: dict[str, Spec] = {
     "StructuredLinear": Spec(
         lambda x: structmat.Monarch(8, 8, 2, 1, dtype=torch.float64)(x), {"x": lambda: _t(3, 8, dtype=torch.float64)}
     ),
+    "Kronecker": Spec(
+        structmat.Kronecker,
+        {"in_features": lambda: 12, "out_features": lambda: 8, "a_shape": lambda: (2, 3), "rank": lambda: 2}
+        | {"init_B": lambda: "zeros", "batch_shape": lambda: (), "dtype": lambda: None},
+        check_module,
+    ),
     "hadamard_butterfly": Spec(
         structmat.hadamard_butterfly, {"n": lambda: 8, "normalized": lambda: False}, check_hadamard
     ),
@@ -306,6 +304,7 @@ SPECS: dict[str, Spec] = {
         | {"lr": lambda: 0.05, "complex": lambda: None},
         check_fit,
     ),
+    "fit_kronecker": Spec(structmat.fit_kronecker, VALID_W | {"a_shape": lambda: (2, 4), "rank": lambda: 3}, check_fit),
     "optimal_error": Spec(
         structmat.optimal_error,
         VALID_W | {"structure": lambda: "lowrank", "rank": lambda: 2},

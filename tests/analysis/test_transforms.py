@@ -40,8 +40,8 @@ def test_recovery_table_numbers_are_checked_independently():
     W = transform_suite(16)["Gaussian"].numpy()
     for target in ("DCT-II", "Gaussian"):
         budget = by[target, BUTTERFLY_COLUMNS[0]].params
-        low, mon = by[target, "low rank"], by[target, "Monarch"]
-        assert low.params <= budget and mon.params <= budget
+        low, mon, kron = by[target, "low rank"], by[target, "Monarch"], by[target, "Kronecker"]
+        assert low.params <= budget and mon.params <= budget and kron.params <= budget
         if target == "Gaussian":  # the low-rank optimum from numpy's singular values
             r = int(low.detail.split()[-1])
             sv = np.linalg.svd(W, compute_uv=False)

@@ -102,8 +102,8 @@ class StructureFamily:
         fit_method: how the fit works, one phrase for reports.
         shape_type: a class whose instances name a member by themselves; ``optimal_error(W, obj)``
             then passes ``structure=obj`` to this family.
-        examples: ``(in_features, out_features, kwargs)`` of small members for the test battery
-            (:func:`structmat.testing.family_test_case`); ``kwargs`` may add ``batch_shape``.
+        examples: ``(in_features, out_features, hp)`` of small members for the test battery
+            (:func:`structmat.testing.family_test_case`); ``hp`` may add ``batch_shape``.
     """
 
     name: str

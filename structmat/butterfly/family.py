@@ -53,5 +53,5 @@ BUTTERFLY = StructureFamily(
     zero_init=_zero_init,
     style=palette_style(6),
     fit_method="Adam + L-BFGS, best of 2 starts (iterative, not guaranteed optimal)",
-    examples=((16, 16, {}), (11, 6, {"increasing_stride": False}), (8, 6, {"batch_shape": (2, 3)})),
+    examples=((16, 16, {}), (11, 6, {}), (8, 6, {"batch_shape": (2, 3)})),
 )

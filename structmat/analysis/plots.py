@@ -309,11 +309,16 @@ def plot_curve_grid(
     title: str = "Relative error vs parameters",
     ncols: int | None = None,
     floor: float = EXACT_ERROR,
+    xlabel: str = "parameters",
 ) -> Figure:
     """One subplot of :func:`plot_approximation_curves` per target, with one shared legend.
 
-    ``ncols`` defaults to the 2-4 columns that leave the fewest empty slots (one slot holds the legend).
+    ``curves``: target name -> what :func:`plot_approximation_curves` takes (curve points, or a
+    mapping series -> (x values, errors)). ``ncols`` defaults to the 2-4 columns that leave the
+    fewest empty slots (one slot holds the legend); ``xlabel`` names the shared x axis.
     """
+    if not isinstance(xlabel, str):
+        raise TypeError(f"xlabel must be a string, got {type(xlabel).__name__}")
     if not isinstance(curves, Mapping) or not curves:
         raise ValueError(f"curves must be a non-empty mapping target name -> curve points, got {type(curves).__name__}")
     n = len(curves)
@@ -345,7 +350,7 @@ def plot_curve_grid(
             legend_ax.legend(handles.values(), handles.keys(), loc="center", fontsize=9, title="structure")
         else:
             fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=4, fontsize=9)
-        fig.supxlabel("parameters", fontsize=10)
+        fig.supxlabel(xlabel, fontsize=10)
         fig.supylabel("relative error ‖W − M‖_F / ‖W‖_F", fontsize=10)
         fig.suptitle(_wrap(title, 100), fontsize=12)
     return fig

@@ -110,7 +110,8 @@ def run_report(out_dir: str | Path = "report", quick: bool = False, progress: bo
         ),
         "families": plot_curve_grid(
             family_curves(curves),
-            "Each family's best variant at equal parameter budgets (x: the budget), synthetic targets and real weights",
+            "Each family's best variant within equal parameter budgets: synthetic targets and real weights",
+            xlabel="parameter budget",
         ),
         "rank_capacity": plot_rank_capacity(
             choices, f"Max rank at {cap_budget:,d} parameters (LoRA r=8 budget), {cap_shape[0]}x{cap_shape[1]}"
@@ -379,8 +380,9 @@ def _recovery_section(rows) -> str:
             f"## Which transforms each structure recovers (n={n})",
             "",
             "Relative error (parameters in real numbers; how). Butterfly: `fit_butterfly` from the dense matrix, "
-            "with learned permutations and, for comparison, the same blocks without (gradient only); Monarch and "
-            "low rank: their optimum at the learned butterfly's parameter count. Bold: below 1e-4.",
+            "with learned permutations and, for comparison, the same blocks without (gradient only); "
+            + ", ".join(f.label for f in families() if f.optimal_error is not None)
+            + ": their optimum (best variant) at the learned butterfly's parameter count. Bold: below 1e-4.",
             "",
             recovery_markdown(rows),
             "",

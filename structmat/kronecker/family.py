@@ -64,7 +64,7 @@ KRONECKER = StructureFamily(
     fit=fit_kronecker,
     optimal_error=kronecker_optimal_error,
     zero_init=_zero_init,
-    style=PlotStyle("#882255", "h", ":"),  # Tol's wine: the Okabe-Ito colours are all taken
+    style=PlotStyle("#882255", "h", "--"),  # Tol's wine: the Okabe-Ito colours are all taken
     fit_method="SVD of the rearranged matrix (Van Loan-Pitsianis, optimal)",
     examples=(
         (20, 12, {"a_shape": (3, 4), "rank": 2}),

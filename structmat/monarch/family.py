@@ -43,8 +43,8 @@ def _variants(in_features: int, out_features: int, nblocks: Sequence[int] = (2, 
 
 
 def _style(variant: Mapping[str, Any]) -> PlotStyle | None:
-    if "nblocks" not in variant:  # the family as a whole
-        return palette_style(_STYLE_INDEX[4])
+    if "nblocks" not in variant:  # the family as a whole (its best nblocks): apart from Kronecker's wine
+        return palette_style(_STYLE_INDEX[1])
     index = _STYLE_INDEX.get(variant["nblocks"])
     return None if index is None else palette_style(index)
 

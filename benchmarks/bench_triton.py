@@ -29,7 +29,7 @@ from _timing import environment  # noqa: E402
 from bench_multiply import SHAPES, reference_bmm  # noqa: E402
 
 from structmat import Monarch  # noqa: E402
-from structmat.monarch import Path, backend  # noqa: E402
+from structmat.monarch import MultiplyPath, backend  # noqa: E402
 from structmat.monarch import triton_kernel as tk  # noqa: E402
 from structmat.monarch.multiply import run_path  # noqa: E402
 
@@ -153,7 +153,7 @@ def path_cases(m: Monarch, config: dict) -> dict:
 
     return {
         "bmm reference": lambda x: reference_bmm(x, m.blkdiag1, m.blkdiag2),
-        "structmat bmm path": lambda x: run_path(Path.BMM, x, m.blkdiag1, m.blkdiag2),
+        "structmat bmm path": lambda x: run_path(MultiplyPath.BMM, x, m.blkdiag1, m.blkdiag2),
         "structmat torch path": with_backend("torch"),
         "structmat Triton": lambda x: tk.triton_multiply(x, m.blkdiag1, m.blkdiag2, config=config),
     }

@@ -20,14 +20,21 @@ checked against that reference: forward, ``to_dense``, gradients, rank, errors::
 Comparing ``forward`` with the structure's own ``to_dense()`` alone proves little: ``to_dense``
 is computed by the same ``forward``, so a wrong permutation passes. The reference must not call
 the structure.
+
+A registered family (:class:`~structmat.registry.StructureFamily`) gets the whole case for each
+of its ``examples`` from :func:`family_test_case`: ``TestMine = family_test_case(MINE, 0, my_formula)``.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import pytest
 import torch
 
 from .base import StructuredLinear
+from .registry import StructureFamily
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -133,3 +140,35 @@ class StructuredLinearTestCase:
         text = repr(op)
         assert f"in_features={op.in_features}" in text and f"out_features={op.out_features}" in text
         assert "max_rank" in text
+
+
+def family_test_case(
+    family: StructureFamily,
+    example: int,
+    reference_dense: Callable[[StructuredLinear], torch.Tensor],
+    dtypes: tuple[torch.dtype, ...] | None = None,
+) -> type[StructuredLinearTestCase]:
+    """The :class:`StructuredLinearTestCase` of ``family.examples[example]``: members built by the
+    family's ``build``, checked against ``reference_dense`` (which must not call the structure)
+    and against the family's ``num_params`` formula. Assign it to a ``Test...`` name in a test
+    module for pytest to collect it."""
+    if not isinstance(family, StructureFamily):
+        raise TypeError(f"family must be a StructureFamily, got {type(family).__name__}")
+    in_features, out_features, kwargs = family.examples[example]
+    hparams = {k: v for k, v in kwargs.items() if k != "batch_shape"}
+    stack = math.prod(kwargs.get("batch_shape", ()))
+
+    class Case(StructuredLinearTestCase):
+        def make(self, dtype: torch.dtype) -> StructuredLinear:
+            return family.build(in_features, out_features, **kwargs, dtype=dtype)
+
+        def reference_dense(self, op: StructuredLinear) -> torch.Tensor:
+            return reference_dense(op)
+
+        def expected_num_params(self, op: StructuredLinear) -> int:
+            return stack * family.num_params(in_features, out_features, **hparams)
+
+    if dtypes is not None:
+        Case.dtypes = dtypes
+    Case.__name__ = Case.__qualname__ = f"Test_{family.name}_{example}"
+    return Case

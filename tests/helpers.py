@@ -271,3 +271,41 @@ def monarch_from_formula(blkdiag1: torch.Tensor, blkdiag2: torch.Tensor) -> torc
             term[:, d, a, :] = torch.outer(blkdiag2[d, :, c], blkdiag1[a, b, :])
             M = M + term
     return M.reshape(s * l, k * p)
+
+
+def kronecker_dense_reference(op) -> torch.Tensor:
+    """``sum_k A_k ⊗ B_k`` of a :class:`~structmat.Kronecker` (stacks included), entry by entry:
+    ``M[i1*m2 + i2, j1*n2 + j2] = sum_k A[k, i1, j1] * B[k, i2, j2]``."""
+    A, B = op.A.detach(), op.B.detach()
+    rank, m1, n1 = A.shape[-3:]
+    m2, n2 = B.shape[-2:]
+    flat_A, flat_B = A.reshape(-1, rank, m1, n1), B.reshape(-1, rank, m2, n2)
+    M = torch.zeros(flat_A.shape[0], m1 * m2, n1 * n2, dtype=A.dtype)
+    for s in range(flat_A.shape[0]):
+        for i1 in range(m1):
+            for j1 in range(n1):
+                for i2 in range(m2):
+                    for j2 in range(n2):
+                        M[s, i1 * m2 + i2, j1 * n2 + j2] = sum(
+                            flat_A[s, k, i1, j1] * flat_B[s, k, i2, j2] for k in range(rank)
+                        )
+    return M.reshape(*op.batch_shape, m1 * m2, n1 * n2)
+
+
+def _references() -> dict:
+    import structmat
+
+    return {
+        structmat.Monarch: monarch_dense_reference,
+        structmat.LowRank: lowrank_dense_reference,
+        structmat.Butterfly: butterfly_dense_reference,
+        structmat.Kronecker: kronecker_dense_reference,
+    }
+
+
+DENSE_REFERENCES = _references()  # module class -> independent reference (tests/test_families.py)
+
+
+def dense_reference(op) -> torch.Tensor:
+    """The dense matrix of any built-in structure, from its own independent reference above."""
+    return DENSE_REFERENCES[type(op)](op)

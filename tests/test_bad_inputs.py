@@ -14,6 +14,7 @@ before anything loads; one subprocess run checks that no traceback reaches the t
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, butterfly_dense_reference, lowrank_dense_reference, monarch_dense_reference, tiny_bert
+from helpers import REPO, dense_reference, tiny_bert
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -102,18 +103,10 @@ def _assert_no_nan(value) -> None:
         assert not math.isnan(value), "NaN in a result"
 
 
-def _dense_reference(op) -> torch.Tensor:
-    if isinstance(op, structmat.Monarch):
-        return monarch_dense_reference(op)
-    if isinstance(op, structmat.LowRank):
-        return lowrank_dense_reference(op)
-    return butterfly_dense_reference(op)
-
-
 def check_module(op, kw) -> None:
     """A structure: forward equals x @ M.T with M from the independent reference."""
     assert isinstance(op, structmat.StructuredLinear)
-    M = _dense_reference(op).double()
+    M = dense_reference(op).double()
     real = op.dtype.to_real() if op.dtype.is_complex else op.dtype
     x = torch.randn(*op.batch_shape, 3, op.in_features, dtype=real)
     got = op(x).to(M.dtype if M.is_complex() else torch.float64)
@@ -126,7 +119,7 @@ def check_module(op, kw) -> None:
 def check_fit(op, kw) -> None:
     """A fitted structure: a correct module whose fit_error is the true error of its matrix."""
     check_module(op, kw)
-    M = _dense_reference(op)
+    M = dense_reference(op)
     target = kw["W"].cdouble() if (kw["W"].is_complex() or M.is_complex()) else kw["W"].double()
     M = M.to(target.dtype)
     scale = target.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-300)
@@ -167,12 +160,12 @@ def check_hadamard(op, kw) -> None:
     import scipy.linalg
 
     H = torch.from_numpy(scipy.linalg.hadamard(kw["n"]).astype(np.float64))
-    torch.testing.assert_close(_dense_reference(op).double(), H / math.sqrt(kw["n"]) if kw["normalized"] else H)
+    torch.testing.assert_close(dense_reference(op).double(), H / math.sqrt(kw["n"]) if kw["normalized"] else H)
 
 
 def check_dft(op, kw) -> None:
     F = torch.fft.fft(torch.eye(kw["n"], dtype=torch.complex128), dim=0, norm="ortho" if kw["normalized"] else None)
-    torch.testing.assert_close(_dense_reference(op).to(torch.complex128), F, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dense_reference(op).to(torch.complex128), F, rtol=1e-5, atol=1e-5)
 
 
 def check_angles(angles, kw) -> None:
@@ -234,6 +227,31 @@ def _recovery_rows():
     return [analysis.RecoveryRow("dft", 8, "monarch", 32, 0.5, False, "nblocks 2", 0.0)]
 
 
+def _family_fields():  # a valid StructureFamily's required fields: low rank's, under another name
+    low = structmat.registry.get_structure("lowrank")
+    keys = ("label", "module", "build", "num_params", "rank_capacity", "fit", "zero_init", "style", "largest_size")
+    return {"name": lambda: "fuzzed"} | {k: functools.partial(getattr, low, k) for k in keys}
+
+
+def _fuzzed_family():
+    return structmat.StructureFamily(**{k: make() for k, make in _family_fields().items()})
+
+
+def _register_and_undo(family, replace):
+    """register_structure, leaving the registry as it was (no global side effect)."""
+    before = structmat.structures()
+    try:
+        return structmat.register_structure(family, replace=replace)
+    finally:
+        if structmat.structures() != before:
+            structmat.unregister_structure(family.name)
+
+
+def _unregister_after_registering(name):
+    with structmat.registry.registered(_fuzzed_family()):
+        return structmat.unregister_structure(name)
+
+
 VALID_W = {"W": W}
 SPECS: dict[str, Spec] = {
     # structmat
@@ -258,6 +276,12 @@ SPECS: dict[str, Spec] = {
     "StructuredLinear": Spec(
         lambda x: structmat.Monarch(8, 8, 2, 1, dtype=torch.float64)(x), {"x": lambda: _t(3, 8, dtype=torch.float64)}
     ),
+    "Kronecker": Spec(
+        structmat.Kronecker,
+        {"in_features": lambda: 12, "out_features": lambda: 8, "a_shape": lambda: (2, 3), "rank": lambda: 2}
+        | {"init_B": lambda: "zeros", "batch_shape": lambda: (), "dtype": lambda: None},
+        check_module,
+    ),
     "hadamard_butterfly": Spec(
         structmat.hadamard_butterfly, {"n": lambda: 8, "normalized": lambda: False}, check_hadamard
     ),
@@ -280,11 +304,16 @@ SPECS: dict[str, Spec] = {
         | {"lr": lambda: 0.05, "complex": lambda: None},
         check_fit,
     ),
+    "fit_kronecker": Spec(structmat.fit_kronecker, VALID_W | {"a_shape": lambda: (2, 4), "rank": lambda: 3}, check_fit),
     "optimal_error": Spec(
         structmat.optimal_error,
         VALID_W | {"structure": lambda: "lowrank", "rank": lambda: 2},
         check_lowrank_optimum,
     ),
+    "StructureFamily": Spec(structmat.StructureFamily, _family_fields()),
+    "register_structure": Spec(_register_and_undo, {"family": _fuzzed_family, "replace": lambda: False}),
+    "unregister_structure": Spec(_unregister_after_registering, {"name": lambda: "fuzzed"}),
+    "structures": Spec(structmat.structures, {}),
     "monarch_multiply": Spec(
         structmat.monarch_multiply,
         {"x": lambda: _t(3, 8), "blkdiag1": lambda: _t(2, 2, 4), "blkdiag2": lambda: _t(2, 4, 2)},

@@ -1,6 +1,6 @@
 """Library calls leave global state alone: the RNGs of torch, numpy and random, the environment
-variables, torch's default dtype and thread count (issue 18: empirical_rank and fit_butterfly
-reseeded the global RNG).
+variables, torch's default dtype and thread count, the structure registry (issue 18:
+empirical_rank and fit_butterfly reseeded the global RNG).
 
 Building a module with random init (``Monarch(...)``, ``apply_more``) draws from torch's global
 RNG, as ``nn.Linear`` does: that is its documented behaviour and is checked for the environment
@@ -23,6 +23,7 @@ def _snapshot(rng: bool = True) -> dict:
         "environ": dict(os.environ),
         "default_dtype": torch.get_default_dtype(),
         "threads": torch.get_num_threads(),
+        "structures": sm.structures(),  # nothing registers or drops a family behind the caller's back
     }
     if rng:
         np_state = np.random.get_state()  # noqa: NPY002 - the legacy global state is what we check

@@ -4,7 +4,6 @@ and inside functions alike (read from the source with ``ast``, nothing is import
 
 import ast
 
-import pytest
 from helpers import REPO
 
 PACKAGE = REPO / "structmat"
@@ -84,8 +83,62 @@ def test_no_import_cycles():
     assert cycles == []
 
 
-@pytest.mark.parametrize("private", ["_init_factor", "_require_adapter", "_multiply_bmm", "CONFIG"])
-def test_no_private_names_cross_modules(private):
-    """Names that used to be reached into from other modules stay gone."""
-    users = [m for m, p in MODULES.items() if f"import {private}" in p.read_text() or f".{private}" in p.read_text()]
-    assert users == []
+def private_names_taken(name: str, source: str) -> set[tuple[str, str]]:
+    """``(module, name)`` of every private name (``_x``, not dunder) that module ``name`` takes from
+    another structmat module: ``from X import _x``, or ``X._x`` on a structmat module it imported."""
+    package = name if MODULES[name].name == "__init__.py" else name.rpartition(".")[0]
+    taken, aliases = set(), {}  # aliases: local name -> structmat module
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - (node.level - 1)] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else [])) if node.level else node.module or ""
+            for alias in node.names:
+                if f"{target}.{alias.name}" in MODULES:
+                    aliases[alias.asname or alias.name] = f"{target}.{alias.name}"
+                elif target in MODULES and target != name and _private(alias.name):
+                    taken.add((target, alias.name))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in MODULES and alias.asname:
+                    aliases[alias.asname] = alias.name
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            if _private(node.attr) and aliases[node.value.id] != name:
+                taken.add((aliases[node.value.id], node.attr))
+    return taken
+
+
+def _private(attr: str) -> bool:
+    return attr.startswith("_") and not attr.startswith("__")
+
+
+# Taken before the rule was derived, in structmat/adapters (being rebuilt for #28's other half): to go there.
+PENDING = {
+    ("structmat.adapters.io", "structmat.adapters.model", "_add_adapter"),
+    ("structmat.adapters.lora", "structmat.adapters.model", "_check_target_spec"),
+    ("structmat.adapters.replace", "structmat.adapters.model", "_check_target_spec"),
+}
+
+
+def test_no_private_names_cross_modules():
+    """A private name stays in its module: no other structmat module imports it or reaches it as
+    ``module._name`` (the list is derived from the source, not kept by hand)."""
+    found = {
+        (m, owner, private)
+        for m, path in MODULES.items()
+        for owner, private in private_names_taken(m, path.read_text())
+    }
+    assert found - PENDING == set()
+
+
+def test_the_private_name_rule_can_fail():
+    assert private_names_taken("structmat.analysis.curves", "from ..checks import _secret\nx = 1") == {
+        ("structmat.checks", "_secret")
+    }
+    source = "from ..monarch import multiply\nfrom .. import approximation as ap\nmultiply._bmm(1)\nap._f\nap.public"
+    assert private_names_taken("structmat.analysis.curves", source) == {
+        ("structmat.monarch.multiply", "_bmm"),
+        ("structmat.approximation", "_f"),
+    }
+    assert private_names_taken("structmat.analysis.curves", "from .capacity import choose_structures") == set()

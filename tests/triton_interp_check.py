@@ -15,7 +15,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from structmat import Monarch  # noqa: E402
-from structmat.monarch import Path, backend, select_path  # noqa: E402
+from structmat.monarch import MultiplyPath, backend, select_path  # noqa: E402
 from structmat.monarch.multiply import monarch_multiply, run_path  # noqa: E402
 from structmat.monarch.triton_kernel import MAX_MIDDLE, supports, triton_multiply  # noqa: E402
 
@@ -45,7 +45,7 @@ def check(shape, n, with_add, seed):
     torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-4)
     g = torch.randn(n, l * s, generator=gen)
     y.backward(g)
-    (run_path(Path.BMM, *ys[:3]) + (ys[3] if with_add else 0)).backward(g)
+    (run_path(MultiplyPath.BMM, *ys[:3]) + (ys[3] if with_add else 0)).backward(g)
     for a, b in zip(xs, ys, strict=True):
         if a.grad is None or b.grad is None:
             assert a.grad is None and (b.grad is None or not with_add)
@@ -63,7 +63,7 @@ check()
 m = Monarch(20, 12, nblocks=4, rank=2)
 x = torch.randn(3, 5, 20)
 with backend("triton"):
-    assert select_path(x, m.blkdiag1, m.blkdiag2) is Path.TRITON
+    assert select_path(x, m.blkdiag1, m.blkdiag2) is MultiplyPath.TRITON
     torch.testing.assert_close(m(x), x @ m.to_dense().T, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(
         monarch_multiply(x.reshape(15, 20), m.blkdiag1, m.blkdiag2),
@@ -75,6 +75,6 @@ with backend("triton"):
     big = Monarch(256, 256, nblocks=16, rank=16)
     xb = torch.randn(4, 256)
     assert not supports(xb, big.blkdiag1, big.blkdiag2)
-    assert select_path(xb, big.blkdiag1, big.blkdiag2) is Path.BMM
+    assert select_path(xb, big.blkdiag1, big.blkdiag2) is MultiplyPath.BMM
     torch.testing.assert_close(big(xb), xb @ big.to_dense().T, rtol=1e-4, atol=1e-4)
 print("triton interpreter: OK")

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..monarch import Monarch, Path, select_path
+from ..monarch import Monarch, MultiplyPath, select_path
 from ..monarch.fit import fit_monarch
 from ..monarch.multiply import run_path
 from ..monarch.structure import Layout
@@ -250,8 +250,10 @@ class MoReLinear(nn.Module):
         if p and self.dropout_position.get(self.active_adapter) == "output":  # the MoRe reference's placement
             return base(x) + dropout(monarch(x.to(monarch.dtype)))
         w1, w2 = monarch.blkdiag1, monarch.blkdiag2
-        if self.fused and select_path(x, w1, w2, base=base, dropout=p) is Path.EXPANDED_WITH_BASE:
-            return run_path(Path.EXPANDED_WITH_BASE, x, w1, w2, weight=base.weight, bias=base.bias, save_middle=False)
+        if self.fused and select_path(x, w1, w2, base=base, dropout=p) is MultiplyPath.EXPANDED_WITH_BASE:
+            return run_path(
+                MultiplyPath.EXPANDED_WITH_BASE, x, w1, w2, weight=base.weight, bias=base.bias, save_middle=False
+            )
         return monarch.addmm(base(x), dropout(x).to(monarch.dtype))  # y + update, the add fused
 
     # -- merge ----------------------------------------------------------------------------------

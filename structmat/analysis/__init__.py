@@ -1,4 +1,4 @@
-"""Expressivity, spectra and subspace analysis of Monarch/MoRe vs low rank/LoRA."""
+"""Expressivity, spectra and subspace analysis of the registered structure families (Monarch, low rank, ...)."""
 
 from .capacity import StructureChoice, choose_structures, empirical_rank
 from .compare import EXACT_ERROR, TIE_MARGIN, compare_errors, winners

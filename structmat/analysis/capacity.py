@@ -1,100 +1,83 @@
-"""Rank capacity: the largest rank each structure can reach within a parameter budget."""
+"""Rank capacity: the largest rank each registered structure family reaches within a parameter budget."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from ..approximation import seeded
-from ..butterfly import Butterfly
-from ..butterfly.module import next_power_of_two
-from ..checks import check_bool, check_positive_int, check_sequence
-from ..lowrank import LowRank
-from ..monarch import Monarch, MonarchShape
+from ..checks import check_positive_int
+from ..registry import get_structure, study_families
 
 
 @dataclass
 class StructureChoice:
-    """The largest member of a structure family that fits a budget."""
+    """The largest member of one variant of a structure family that fits a budget."""
 
-    structure: str  # "lowrank", "monarch(nblocks=4)", "butterfly"
-    params: int  # parameters actually used (<= budget)
-    max_rank: int  # rank capacity from the formula (0: nothing fits)
-    rank: int | None = None  # LoRA rank / MoRe block rank
-    nblocks: int | None = None
-    min_params: int | None = None  # parameters of the family's smallest member (what a budget must reach)
+    structure: str  # series label: "lowrank", "monarch(nblocks=4)", "kronecker(a_shape=16x16)", "butterfly"
+    params: int  # parameters actually used (<= budget; 0: nothing fits)
+    max_rank: int  # rank capacity from the family's formula (0: nothing fits)
+    family: str = ""  # registered family name ("monarch")
+    hparams: dict[str, Any] = field(default_factory=dict)  # the member (the variant alone when nothing fits)
+    min_params: int | None = None  # parameters of the variant's smallest member (what a budget must reach)
 
     @property
     def fits(self) -> bool:
-        """False when even the family's smallest member exceeds the budget (show it as "-", not 0)."""
+        """False when even the variant's smallest member exceeds the budget (show it as "-", not 0)."""
         return self.params > 0
 
-    def build(self, in_features: int, out_features: int, dtype=torch.float64):
-        """A random instance (kaiming init) of this choice, or None when nothing fits."""
-        if self.params == 0:
+    @property
+    def rank(self) -> int | None:
+        """``hparams["rank"]`` (LoRA rank, MoRe block rank, Kronecker terms), None without one."""
+        return self.hparams.get("rank")
+
+    @property
+    def nblocks(self) -> int | None:
+        """``hparams["nblocks"]`` (Monarch), None without one."""
+        return self.hparams.get("nblocks")
+
+    def describe(self) -> str:
+        """The member's hyper-parameters in words (``"nblocks=4, rank 8"``)."""
+        return get_structure(self.family).describe(self.hparams)
+
+    def build(self, in_features: int, out_features: int, dtype: torch.dtype = torch.float64):
+        """A random instance (the family's ``build``) of this choice, or None when nothing fits."""
+        if not self.fits:
             return None
-        if self.structure == "lowrank":
-            return LowRank(in_features, out_features, self.rank, dtype=dtype)
-        if self.structure == "butterfly":
-            return Butterfly(in_features, out_features, init="randn", dtype=dtype)
-        return Monarch(in_features, out_features, self.nblocks, self.rank, dtype=dtype)
-
-
-def _monarch_params(in_f: int, out_f: int, nblocks: int, rank: int) -> int:
-    st = MonarchShape.for_more(in_f, out_f, nblocks, rank)
-    return nblocks * rank * (st.p + st.s)
+        return get_structure(self.family).build(in_features, out_features, **self.hparams, dtype=dtype)
 
 
 def choose_structures(
-    in_features: int, out_features: int, budget: int, nblocks: tuple[int, ...] = (2, 4, 8), butterfly: bool = True
+    in_features: int, out_features: int, budget: int, structures: Sequence[str] | None = None, **options: Any
 ) -> list[StructureChoice]:
-    """For each family, the largest member with at most ``budget`` parameters.
+    """For each variant of each registered family, its largest member with at most ``budget`` parameters.
 
-    Low rank: rank ``budget // (in + out)``. Monarch (MoRe shapes) for each ``nblocks``: the
-    largest block rank whose ``nblocks*rank*(ceil(in/N) + ceil(out/N))`` fits. Butterfly: its
-    one size, ``2 n log2 n``, if it fits.
+    ``structures``: family names (default: every registered family, in registration order).
+    ``options``: a family's name with True/False adds or leaves it out (``butterfly=False``), and
+    the families' study options pick their variants (``nblocks=(2, 4, 8)``, Monarch's default;
+    ``a_shapes=[(16, 16)]`` for Kronecker, default its balanced shape). Within a variant the
+    budget picks the largest ``size`` (rank) that fits: low rank ``budget // (in + out)``,
+    Monarch the largest block rank with ``nblocks*rank*(ceil(in/N) + ceil(out/N))`` parameters;
+    the butterfly has one size, ``2 n log2 n``.
     """
     check_positive_int("in_features", in_features)
     check_positive_int("out_features", out_features)
     check_positive_int("budget", budget)
-    nblocks = tuple(check_sequence("nblocks", nblocks))
-    check_bool("butterfly", butterfly)
-    for n in nblocks:
-        check_positive_int("nblocks", n)
-    cap = min(in_features, out_features)
     out = []
-    r = min(budget // (in_features + out_features), cap)
-    out.append(
-        StructureChoice("lowrank", r * (in_features + out_features), r, rank=r, min_params=in_features + out_features)
-    )
-    for n in nblocks:
-        try:  # an nblocks that leaves a block with only padding: no member of this family
-            largest = MonarchShape.largest_useful_rank(in_features, out_features, n)
-        except ValueError:
-            continue
-        smallest = _monarch_params(in_features, out_features, n, 1)
-        r = 0
-        while r < largest and _monarch_params(in_features, out_features, n, r + 1) <= budget:
-            r += 1
-        if r == 0:
-            out.append(StructureChoice(f"monarch(nblocks={n})", 0, 0, rank=0, nblocks=n, min_params=smallest))
-        else:
-            st = MonarchShape.for_more(in_features, out_features, n, r)
-            out.append(
-                StructureChoice(
-                    f"monarch(nblocks={n})",
-                    _monarch_params(in_features, out_features, n, r),
-                    st.rank_capacity,
-                    rank=r,
-                    nblocks=n,
-                    min_params=smallest,
-                )
-            )
-    if butterfly:
-        size = next_power_of_two(max(in_features, out_features, 2))
-        p = 2 * size * (size.bit_length() - 1)
-        out.append(StructureChoice("butterfly", p if p <= budget else 0, cap if p <= budget else 0, min_params=p))
+    for family, variant_options, _ in study_families(structures, options):
+        for variant in family.variants(in_features, out_features, **variant_options):
+            smallest = family.num_params(in_features, out_features, **family.smallest(**variant))
+            hp = family.largest_within_budget(in_features, out_features, budget, **variant)
+            label = family.series_label(variant)
+            if hp is None:
+                out.append(StructureChoice(label, 0, 0, family.name, dict(variant), smallest))
+            else:
+                params = family.num_params(in_features, out_features, **hp)
+                capacity = family.rank_capacity(in_features, out_features, **hp)
+                out.append(StructureChoice(label, params, capacity, family.name, hp, smallest))
     return out
 
 

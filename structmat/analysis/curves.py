@@ -1,39 +1,41 @@
-"""Approximation error per parameter budget, for each structure, on a target matrix."""
+"""Approximation error per parameter budget, for each registered structure family, on a target matrix."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
-from ..butterfly.fit import fit_butterfly
 from ..checks import check_matrix, check_positive_int, check_sequence
-from ..lowrank.fit import fit_lowrank
-from ..monarch.fit import fit_monarch
+from ..registry import get_structure, parse_label, study_families
 from .capacity import choose_structures
 
 
 @dataclass
 class CurvePoint:
-    structure: str
+    structure: str  # series label, as StructureChoice.structure
     budget: int
     params: int  # parameters the fitted structure really has
     rel_error: float  # achieved ||W - M||_F / ||W||_F (1.0 when nothing fits the budget)
     max_rank: int
+    family: str = ""  # registered family name ("" for points made by hand: read from the label)
+    hparams: dict[str, Any] = field(default_factory=dict)  # the fitted member
 
 
 def approximation_curve(
-    W: torch.Tensor,
-    budgets: Sequence[int],
-    nblocks: tuple[int, ...] = (2, 4, 8),
-    butterfly: bool = False,
-    butterfly_steps: int = 400,
+    W: torch.Tensor, budgets: Sequence[int], structures: Sequence[str] | None = None, **options: Any
 ) -> list[CurvePoint]:
-    """Fit every structure family at every budget; return the achieved relative errors.
+    """Fit every variant of every family at every budget; return the achieved relative errors.
 
-    Monarch and low rank use their optimal closed-form fits; the butterfly (one size only)
-    is fitted iteratively once and repeated at the budgets it fits.
+    ``structures``: family names (default: every registered family whose fit is not iterative;
+    ``butterfly=True`` adds the butterfly, ``kronecker=False`` leaves Kronecker out).
+    ``options``: the families' study options (``nblocks=(2, 4, 8)`` for Monarch, ``a_shapes`` for
+    Kronecker, ``butterfly_steps=400`` for the butterfly's fit), see
+    :func:`~structmat.analysis.choose_structures`. Each member is fitted once by its family's
+    ``fit`` (closed form where the family has one) and its ``fit_error`` reused at every budget
+    that picks the same member (the butterfly's one size).
     """
     check_matrix("W", W)
     if W.dim() != 2:
@@ -41,22 +43,42 @@ def approximation_curve(
     budgets = check_sequence("budgets", budgets)
     for budget in budgets:
         check_positive_int("budgets entries", budget)
+    study_plan = study_families(structures, options, include=lambda family: not family.iterative)
+    chosen = [family.name for family, _, _ in study_plan]
+    fit_options = {family.name: fits for family, _, fits in study_plan}
+    variant_options = {k: v for _, variants, _ in study_plan for k, v in variants.items()}
     out_f, in_f = W.shape
+    fitted: dict[tuple[str, str], float] = {}  # (family, member) -> fit_error
     points: list[CurvePoint] = []
-    bf_error: float | None = None
     for budget in budgets:
-        for choice in choose_structures(in_f, out_f, int(budget), nblocks, butterfly):
-            if choice.params == 0:
+        for choice in choose_structures(in_f, out_f, int(budget), chosen, **variant_options):
+            if not choice.fits:
                 err = 1.0
-            elif choice.structure == "lowrank":
-                err = float(fit_lowrank(W, choice.rank).fit_error)
-            elif choice.structure == "butterfly":
-                if bf_error is None:
-                    bf_error = float(
-                        fit_butterfly(W, steps=butterfly_steps, lbfgs_steps=50, restarts=2, progress=False).fit_error
-                    )
-                err = bf_error
             else:
-                err = float(fit_monarch(W, choice.nblocks, choice.rank).fit_error)
-            points.append(CurvePoint(choice.structure, int(budget), choice.params, err, choice.max_rank))
+                key = (choice.family, repr(sorted(choice.hparams.items())))
+                if key not in fitted:
+                    family = get_structure(choice.family)
+                    fitted[key] = float(family.fit(W, **choice.hparams, **fit_options[family.name]).fit_error)
+                err = fitted[key]
+            point = CurvePoint(choice.structure, int(budget), choice.params, err, choice.max_rank)
+            points.append(replace(point, family=choice.family, hparams=choice.hparams))
     return points
+
+
+def family_of(point: CurvePoint) -> str:
+    """The family of a point: its ``family`` field, else read from its label (else the label)."""
+    if point.family:
+        return point.family
+    parsed = parse_label(point.structure)
+    return point.structure if parsed is None else parsed[0].name
+
+
+def best_per_family(points: Sequence[CurvePoint]) -> dict[str, dict[int, CurvePoint]]:
+    """Family -> budget -> its best variant's point there (lowest error among those that fit),
+    families in the order they first appear; a budget where no variant fits is absent."""
+    best: dict[str, dict[int, CurvePoint]] = {}
+    for p in points:
+        at = best.setdefault(family_of(p), {})
+        if p.params > 0 and (p.budget not in at or p.rel_error < at[p.budget].rel_error):
+            at[p.budget] = p
+    return best

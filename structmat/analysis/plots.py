@@ -23,14 +23,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
+from ..palette import CLIP_MARKER, LINESTYLES, MARKERS, PALETTE, palette_style
+from ..registry import style_of
 from .capacity import StructureChoice
 from .compare import EXACT_ERROR
 from .curves import CurvePoint
-
-# Okabe & Ito (2008), ordered for contrast on white; yellow last (weak on white).
-PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
-LINESTYLES = ("-", "--", "-.", ":", "-", "--", "-.", ":")
-MARKERS = ("o", "s", "^", "D", "P", "X", "*", "h")  # "v" is kept for clipped points
 
 STYLE: dict = {
     "figure.figsize": (6.4, 4.0),
@@ -55,17 +52,12 @@ STYLE: dict = {
     "axes.prop_cycle": cycler(color=PALETTE, linestyle=LINESTYLES, marker=MARKERS),
 }
 
-# Fixed styles for the structure families, so a family looks the same in every figure.
-_KNOWN = ("lowrank", "monarch(nblocks=1)", "monarch(nblocks=2)", "monarch(nblocks=4)", "monarch(nblocks=8)")
-_KNOWN += ("monarch(nblocks=16)", "butterfly")
-_CLIP_MARKER = "v"
-
 
 def series_style(name: str, index: int) -> dict:
-    """Colour, line style and marker of a series: fixed for the structure families, else by ``index``."""
-    i = _KNOWN.index(name) if name in _KNOWN else index
-    i %= len(PALETTE)
-    return {"color": PALETTE[i], "linestyle": LINESTYLES[i], "marker": MARKERS[i]}
+    """Colour, line style and marker of a series: the registered style of a structure family's
+    series label (:func:`structmat.registry.style_of`), else the ``index``-th of the shared tables."""
+    style = style_of(name) or palette_style(index)
+    return style.as_kwargs()
 
 
 def _layered(index: int, count: int) -> dict:
@@ -164,7 +156,7 @@ def _log_axis(ax: Axes, which: str, lo: float, hi: float, at: np.ndarray | None 
 
 
 def _clip_note(text: str) -> Line2D:
-    return Line2D([], [], color="0.3", linestyle="none", marker=_CLIP_MARKER, label=text)
+    return Line2D([], [], color="0.3", linestyle="none", marker=CLIP_MARKER, label=text)
 
 
 def plot_spectra(
@@ -214,7 +206,7 @@ def plot_spectra(
             ax.plot(idx, np.maximum(sv, level), label=name, markevery=list(informative[start::every]), **style)
             if low.any():
                 first = int(np.argmax(low))
-                ax.plot(idx[first], level, color=style["color"], marker=_CLIP_MARKER, markersize=8, linestyle="none")
+                ax.plot(idx[first], level, color=style["color"], marker=CLIP_MARKER, markersize=8, linestyle="none")
                 clipped_dtypes.append(dtype_name)
             lo, hi = min(lo, float(np.maximum(sv, level).min())), max(hi, top)
         if clipped_dtypes:
@@ -294,7 +286,7 @@ def plot_approximation_curves(
             ax.plot(x, y, label=name, **size, **style)
             if low.any():
                 clipped = True
-                ax.plot(x[low], y[low], linestyle="none", marker=_CLIP_MARKER, color=style["color"], markersize=8)
+                ax.plot(x[low], y[low], linestyle="none", marker=CLIP_MARKER, color=style["color"], markersize=8)
             xs_all.append(x)
             ys_all.append(y)
         if xs_all:
@@ -317,11 +309,16 @@ def plot_curve_grid(
     title: str = "Relative error vs parameters",
     ncols: int | None = None,
     floor: float = EXACT_ERROR,
+    xlabel: str = "parameters",
 ) -> Figure:
     """One subplot of :func:`plot_approximation_curves` per target, with one shared legend.
 
-    ``ncols`` defaults to the 2-4 columns that leave the fewest empty slots (one slot holds the legend).
+    ``curves``: target name -> what :func:`plot_approximation_curves` takes (curve points, or a
+    mapping series -> (x values, errors)). ``ncols`` defaults to the 2-4 columns that leave the
+    fewest empty slots (one slot holds the legend); ``xlabel`` names the shared x axis.
     """
+    if not isinstance(xlabel, str):
+        raise TypeError(f"xlabel must be a string, got {type(xlabel).__name__}")
     if not isinstance(curves, Mapping) or not curves:
         raise ValueError(f"curves must be a non-empty mapping target name -> curve points, got {type(curves).__name__}")
     n = len(curves)
@@ -353,7 +350,7 @@ def plot_curve_grid(
             legend_ax.legend(handles.values(), handles.keys(), loc="center", fontsize=9, title="structure")
         else:
             fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=4, fontsize=9)
-        fig.supxlabel("parameters", fontsize=10)
+        fig.supxlabel(xlabel, fontsize=10)
         fig.supylabel("relative error ‖W − M‖_F / ‖W‖_F", fontsize=10)
         fig.suptitle(_wrap(title, 100), fontsize=12)
     return fig

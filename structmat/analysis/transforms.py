@@ -6,8 +6,9 @@ and a Gaussian matrix as control: the relative Frobenius error of
 - the butterfly found by :func:`~structmat.fit_butterfly` (permutations learned);
 - the butterfly with the same number of blocks but no learned permutation (the fixed structure,
   gradient only: what ``fit_butterfly`` did before the permutations were learnable);
-- the best Monarch (nblocks 2, 4 or 8, largest block rank that fits) and the best low rank, both
-  at the first butterfly's parameter count, with their *optimal* errors (from singular values).
+- every registered family with an optimal error (low rank, Monarch with nblocks 2, 4 or 8,
+  Kronecker, ...): its best member at the first butterfly's parameter count, with its *optimal*
+  error (from singular values).
 
 Parameters are counted in real numbers (a complex number counts 2), so complex and real
 structures are compared at equal storage.
@@ -28,21 +29,27 @@ from tqdm.auto import tqdm
 
 from ..butterfly.fit import fit_butterfly
 from ..checks import check_positive_int
-from ..fitting import optimal_error
+from ..registry import families
 from .capacity import choose_structures
 
-STRUCTURES = ("butterfly (learned permutations)", "butterfly (no learned permutation)", "Monarch", "low rank")
+BUTTERFLY_COLUMNS = ("butterfly (learned permutations)", "butterfly (no learned permutation)")
+
+
+def recovery_columns() -> tuple[str, ...]:
+    """The table's columns: the two butterflies, then the label of every registered family with an
+    optimal error, in registration order."""
+    return BUTTERFLY_COLUMNS + tuple(f.label for f in families() if f.optimal_error is not None)
 
 
 @dataclass
 class RecoveryRow:
     target: str
     n: int
-    structure: str  # one of STRUCTURES
+    structure: str  # one of recovery_columns()
     params: int  # real numbers (a complex number counts 2)
-    rel_error: float  # ||W - M||_F / ||W||_F (Monarch, low rank: the optimum)
+    rel_error: float  # ||W - M||_F / ||W||_F (closed-form families: the optimum)
     recovered: bool  # rel_error below the threshold
-    detail: str  # how: permutations/blocks found, Monarch nblocks and rank, low rank rank
+    detail: str  # how: permutations/blocks found, or the member's hyper-parameters
     seconds: float  # time of the fit (0 for the closed-form optima)
 
 
@@ -124,7 +131,7 @@ def recovery_table(
         )
         t2 = time.perf_counter()
         budget = _real_params(learned)
-        for structure, bf, seconds in ((STRUCTURES[0], learned, t1 - t0), (STRUCTURES[1], fixed, t2 - t1)):
+        for structure, bf, seconds in zip(BUTTERFLY_COLUMNS, (learned, fixed), (t1 - t0, t2 - t1), strict=True):
             err = float(bf.fit_error.max())
             rows.append(
                 RecoveryRow(name, size, structure, _real_params(bf), err, err < threshold, _describe(bf), seconds)
@@ -134,27 +141,23 @@ def recovery_table(
 
 
 def _closed_form_rows(name: str, W: torch.Tensor, budget: int, threshold: float) -> list[RecoveryRow]:
-    """Best Monarch and low rank with at most ``budget`` real parameters (optimal errors)."""
+    """Per registered family with an optimal error, its best member with at most ``budget`` real
+    parameters (the lowest optimal error over the family's variants)."""
     per = 2 if W.is_complex() else 1  # real numbers per entry
     out_f, in_f = W.shape[-2:]
-    best_monarch = None
-    lowrank = None
-    for choice in choose_structures(in_f, out_f, max(1, budget // per), nblocks=(2, 4, 8), butterfly=False):
-        if choice.params == 0:
-            continue
-        if choice.structure == "lowrank":
-            err = float(optimal_error(W, "lowrank", rank=choice.rank))
-            lowrank = RecoveryRow(
-                name, in_f, STRUCTURES[3], choice.params * per, err, err < threshold, f"rank {choice.rank}", 0.0
-            )
-        else:
-            err = float(optimal_error(W, "monarch", nblocks=choice.nblocks, rank=choice.rank))
-            if best_monarch is None or err < best_monarch.rel_error:
-                detail = f"nblocks={choice.nblocks}, rank {choice.rank}"
-                best_monarch = RecoveryRow(
-                    name, in_f, STRUCTURES[2], choice.params * per, err, err < threshold, detail, 0.0
-                )
-    return [row for row in (best_monarch, lowrank) if row is not None]
+    rows = []
+    for family in (f for f in families() if f.optimal_error is not None):
+        best = None
+        for choice in choose_structures(in_f, out_f, max(1, budget // per), [family.name]):
+            if not choice.fits:
+                continue
+            err = float(family.optimal_error(W, **choice.hparams))
+            if best is None or err < best.rel_error:
+                detail = family.describe(choice.hparams)
+                best = RecoveryRow(name, in_f, family.label, choice.params * per, err, err < threshold, detail, 0.0)
+        if best is not None:
+            rows.append(best)
+    return rows
 
 
 def recovery_markdown(rows: list[RecoveryRow]) -> str:
@@ -166,7 +169,7 @@ def recovery_markdown(rows: list[RecoveryRow]) -> str:
     by_target: dict[str, dict[str, RecoveryRow]] = {}
     for r in rows:
         by_target.setdefault(r.target, {})[r.structure] = r
-    structures = [s for s in STRUCTURES if any(s in d for d in by_target.values())]
+    structures = list(dict.fromkeys(r.structure for r in rows))  # in the order they first appear
     lines = [
         "| target (n) | " + " | ".join(structures) + " |",
         "|---|" + "---|" * len(structures),

@@ -269,13 +269,14 @@ def search(
     return Candidate(residual / total.clamp_min(1e-300), in_ch, out_ch, torch.cat(sides, 1))
 
 
-def _score(G, parent, combo, idx, nblocks, gen, keep_tol=None, total=None, sample: int = 12):
+def _score(G, parent, combo, idx, nblocks, gen, keep_tol=None, sample: int = 12):
     """Apply each (parent, combo) level choice to the parents' blocks and peel them.
 
     With ``keep_tol``, the combos are first screened on ``sample`` random pairs of rows and
     columns per block (an exact factorization is exact on any subset of pairs); only those
-    whose screened residual is within ``keep_tol * total`` (or, if none, the best one) are peeled
-    in full. Returns the kept indices into ``parent`` too.
+    whose screened residual, relative to the squared norm of the sampled entries, passes the
+    bar (exact mode: within ``max(1e6 * keep_tol, 1e-14)``, or the best one if none; near-miss
+    mode: the 16 best) are peeled in full. Returns the kept indices into ``parent`` too.
     """
     kept = torch.arange(len(parent), device=G.device)
     s = G.shape[-1]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,6 +38,56 @@ from .module import Butterfly, next_power_of_two
 from .permutation import permutation_from_choices
 
 _DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+@dataclass(frozen=True)
+class ButterflyFitOptions:
+    """The settings of :func:`fit_butterfly` (its keyword arguments, documented there), checked
+    once; the phases read them from here instead of taking each as an argument."""
+
+    nblocks: int | None = None
+    learn_perm: bool = True
+    relax: bool = False
+    complex: bool | None = None
+    bit_reversal: bool = False
+    increasing_stride: bool = True
+    restarts: int = 4
+    steps: int = 1500
+    lr: float = 0.05
+    lbfgs_steps: int = 300
+    tol: float | None = None
+    patience: int = 100
+    max_time: float | None = None
+    closed_form: bool = True
+    seed: int | None = 0
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        check_positive_int("restarts", self.restarts)
+        check_positive_int("steps", self.steps)
+        check_positive_int("patience", self.patience)
+        check_nonnegative_int("lbfgs_steps", self.lbfgs_steps)
+        check_positive_float("lr", self.lr)
+        check_bool("progress", self.progress, allow_none=True)
+        check_bool("complex", self.complex, allow_none=True)
+        if self.nblocks is not None:
+            check_positive_int("nblocks", self.nblocks)
+        if self.max_time is not None and not self.max_time > 0:
+            raise ValueError(f"max_time must be positive seconds, got {self.max_time}")
+        if self.tol is not None:
+            check_positive_float("tol", self.tol)
+
+
+@dataclass
+class _Run:
+    """One fit in progress: its options, the tolerance for W's dtype, the deadline, the progress
+    bar and the ``fit_info`` being filled."""
+
+    options: ButterflyFitOptions
+    tol: float
+    deadline: float | None
+    bar: tqdm
+    info: dict = field(default_factory=dict)
 
 
 def fit_butterfly(
@@ -100,66 +151,62 @@ def fit_butterfly(
         ``near_miss_error`` when a near miss was polished.
     """
     check_matrix("W", W, allow_complex=True)
-    check_positive_int("restarts", restarts)
-    check_positive_int("steps", steps)
-    check_positive_int("patience", patience)
-    check_nonnegative_int("lbfgs_steps", lbfgs_steps)
-    check_positive_float("lr", lr)
-    check_bool("progress", progress, allow_none=True)
-    check_bool("complex", complex, allow_none=True)
-    if nblocks is not None:
-        check_positive_int("nblocks", nblocks)
-    if complex is False and W.is_complex():
+    opts = ButterflyFitOptions(
+        nblocks=nblocks, learn_perm=learn_perm, relax=relax, complex=complex, bit_reversal=bit_reversal,
+        increasing_stride=increasing_stride, restarts=restarts, steps=steps, lr=lr, lbfgs_steps=lbfgs_steps, tol=tol,
+        patience=patience, max_time=max_time, closed_form=closed_form, seed=seed, progress=progress,
+    )  # fmt: skip
+    if opts.complex is False and W.is_complex():
         raise ValueError("W is complex: fit it with complex=True (or None)")
-    if max_time is not None and not max_time > 0:
-        raise ValueError(f"max_time must be positive seconds, got {max_time}")
     W_in, (W, w_scale) = W, normalized(W)  # fit W / max|W| (float32 for half W): the same at any scale
-    real_dtype = W.real.dtype
-    tol = _DEFAULT_TOL.get(real_dtype, 1e-2) if tol is None else float(tol)
-    if not tol > 0:
-        raise ValueError(f"tol must be positive, got {tol}")
     t0 = time.perf_counter()
-    deadline = None if max_time is None else t0 + max_time
     out_f, in_f = W.shape[-2:]
     n = next_power_of_two(max(in_f, out_f, 2))
-    square = in_f == out_f == n
-    try_closed = closed_form and learn_perm and square
+    try_closed = opts.closed_form and opts.learn_perm and in_f == out_f == n
     # the 64 shared choices first (cheap), then the level-by-level search over the whole family
     structures = [
         (nb, tr, shared)
         for shared in (True, False)
-        for nb in ((nblocks,) if nblocks else (1, 2))
+        for nb in ((opts.nblocks,) if opts.nblocks else (1, 2))
         if nb <= 2
         for tr in (False, True)
     ]
-    n_search = len(structures) if try_closed else 0
     bar = tqdm(
-        total=n_search + steps + lbfgs_steps,
+        total=(len(structures) if try_closed else 0) + opts.steps + opts.lbfgs_steps,
         desc="fit_butterfly",
         unit="step",
-        disable=progress is False,
-        leave=progress is not False,
+        disable=opts.progress is False,
+        leave=opts.progress is not False,
     )
-    info = {"tried": [], "steps_budget": steps, "lbfgs_budget": lbfgs_steps, "adam_steps": 0, "lbfgs_steps": 0}
+    run = _Run(
+        opts,
+        tol=_DEFAULT_TOL.get(W.real.dtype, 1e-2) if opts.tol is None else float(opts.tol),
+        deadline=None if opts.max_time is None else t0 + opts.max_time,
+        bar=bar,
+        info={
+            "tried": [],
+            "steps_budget": opts.steps,
+            "lbfgs_budget": opts.lbfgs_steps,
+            "adam_steps": 0,
+            "lbfgs_steps": 0,
+        },
+    )
+    info, tol = run.info, run.tol
     try:
         result, near = None, None
         if try_closed:
-            result, near = _closed_form(W, structures, complex, tol, deadline, bar, info)
+            result, near = _closed_form(W, structures, run)
         polished = None
-        if result is None and near is not None and lbfgs_steps:
-            # a near miss (W = a transform + a little noise): refine those factors first
-            bar.total += lbfgs_steps
-            info["lbfgs_budget"] += lbfgs_steps
-            start = _polish_start(near)
-            polished = _optimize(start, W, 0, lr, lbfgs_steps, tol, patience, deadline, bar, info, "polish")
+        if result is None and near is not None and opts.lbfgs_steps:
+            # phase 2, a near miss (W = a transform + a little noise): refine those factors first
+            bar.total += opts.lbfgs_steps
+            info["lbfgs_budget"] += opts.lbfgs_steps
+            polished = _optimize(_polish_start(near), W, run, steps=0, label="polish")
             if float(relative_error(W, polished.to_dense().detach()).max()) <= _KEEP:
                 result = polished
                 info["phase"] = "closed form + polish"
         if result is None:
-            result = _gradient(
-                W, nblocks or 1, learn_perm and relax, complex, bit_reversal, increasing_stride, restarts, steps, lr,
-                lbfgs_steps, tol, patience, deadline, seed, bar, info,
-            )  # fmt: skip
+            result = _gradient(W, run)
             if polished is not None and _worse(result, polished, W):
                 result = polished
                 info["phase"] = "closed form + polish"
@@ -191,13 +238,13 @@ _NEAR = 0.6  # a near miss: the peeled factors of a non-exact W are within this 
 _KEEP = 0.1  # a polished near miss within this error skips the random-start gradient phase
 
 
-def _closed_form(W, structures, complex, tol, deadline, bar, info) -> tuple[Butterfly | None, Butterfly | None]:
+def _closed_form(W, structures, run: _Run) -> tuple[Butterfly | None, Butterfly | None]:
     """(an exact module or None, the best near-miss module or None)."""
-    real_dtype = W.real.dtype
-    eps = torch.finfo(real_dtype).eps
+    tol, deadline, bar, info = run.tol, run.deadline, run.bar, run.info
+    eps = torch.finfo(W.real.dtype).eps
     exact_tol = max((tol / 10) ** 2, (1e3 * torch.finfo(torch.float64).eps) ** 2, (30 * eps) ** 2)
     targets = W.detach().reshape(-1, *W.shape[-2:]).to(torch.complex128)
-    kinds = _kinds(W, complex)
+    kinds = _kinds(W, run.options.complex)
     near, near_err = None, math.inf
     for nb, transposed, shared in structures:
         if deadline is not None and time.perf_counter() > deadline:
@@ -319,6 +366,57 @@ def _as_module_factors(cand: factorize.Candidate, nb: int, transposed: bool, n: 
     return swapped, r, c.argsort(-1), False
 
 
+# -- phase 2: near-miss polish (L-BFGS from the peeled factors, see _optimize) ----------------------
+def _polish_start(near: Butterfly) -> Butterfly:
+    """``near`` with a restart dimension of size 1 appended (fixed permutations)."""
+    batch = tuple(near.batch_shape)
+
+    def add_dim(p):
+        if p is None:
+            return None
+        return p.unsqueeze(len(batch)) if p.dim() > 1 else p
+
+    bf = Butterfly(
+        near.in_features, near.out_features, complex=near.is_complex, real_output=near.real_output,
+        nblocks=near.nblocks, increasing_stride=near.increasing_stride, in_perm=add_dim(near.in_perm),
+        out_perm=add_dim(near.out_perm), init="identity", batch_shape=(*batch, 1), device=near.device,
+        dtype=near.twiddle.real.dtype,
+    )  # fmt: skip
+    with torch.no_grad():
+        bf.twiddle.copy_(near.twiddle.unsqueeze(len(batch)))
+    return bf
+
+
+# -- phase 3: gradient from random starts ---------------------------------------------------------
+def _gradient(W, run: _Run) -> Butterfly:
+    opts = run.options
+    relax = opts.learn_perm and opts.relax
+    batch, (out_f, in_f) = W.shape[:-2], W.shape[-2:]
+    with seeded(opts.seed, W.device):  # the global RNG is left alone
+        bf = Butterfly(
+            in_f,
+            out_f,
+            complex=W.is_complex() or opts.complex is True,
+            nblocks=opts.nblocks or 1,
+            increasing_stride=opts.increasing_stride,
+            bit_reversal=opts.bit_reversal and not relax,
+            in_perm="learn" if relax else None,
+            out_perm="learn" if relax else None,
+            init="ortho",
+            batch_shape=(*batch, opts.restarts),
+            device=W.device,
+            dtype=W.real.dtype,
+        )
+    if relax and opts.restarts > 1:  # half the restarts start (and, sigmoid saturated, stay) at identity
+        with torch.no_grad():
+            for relaxed in (bf.in_relaxed, bf.out_relaxed):
+                relaxed.logits[..., opts.restarts // 2 :, :, :] = -8.0
+    result = _optimize(bf, W, run, steps=opts.steps, label="adam")
+    run.info["phase"] = "gradient"
+    return result
+
+
+# -- the optimisation of phases 2 and 3 ----------------------------------------------------------
 def _stop_reason(err: float, tol: float, watch: _Stall, deadline: float | None) -> str | None:
     """Why an optimisation loop stops now: ``"tol"``, ``"stall"``, ``"time"``, or None to go on."""
     if err <= tol:
@@ -330,41 +428,13 @@ def _stop_reason(err: float, tol: float, watch: _Stall, deadline: float | None) 
     return None
 
 
-# -- phase 2: gradient ---------------------------------------------------------------------------
-def _gradient(
-    W, nblocks, relax, complex, bit_reversal, increasing_stride, restarts, steps, lr, lbfgs_steps, tol,
-    patience, deadline, seed, bar, info,
-) -> Butterfly:  # fmt: skip
-    batch, (out_f, in_f) = W.shape[:-2], W.shape[-2:]
-    with seeded(seed, W.device):  # the global RNG is left alone
-        bf = Butterfly(
-            in_f,
-            out_f,
-            complex=W.is_complex() or complex is True,
-            nblocks=nblocks,
-            increasing_stride=increasing_stride,
-            bit_reversal=bit_reversal and not relax,
-            in_perm="learn" if relax else None,
-            out_perm="learn" if relax else None,
-            init="ortho",
-            batch_shape=(*batch, restarts),
-            device=W.device,
-            dtype=W.real.dtype,
-        )
-    if relax and restarts > 1:  # half the restarts start (and, sigmoid saturated, stay) at identity
-        with torch.no_grad():
-            for relaxed in (bf.in_relaxed, bf.out_relaxed):
-                relaxed.logits[..., restarts // 2 :, :, :] = -8.0
-    result = _optimize(bf, W, steps, lr, lbfgs_steps, tol, patience, deadline, bar, info, "adam")
-    info["phase"] = "gradient"
-    return result
-
-
-def _optimize(bf, W, steps, lr, lbfgs_steps, tol, patience, deadline, bar, info, label) -> Butterfly:
+def _optimize(bf: Butterfly, W: torch.Tensor, run: _Run, steps: int, label: str) -> Butterfly:
     """Adam (``steps``, may be 0), rounding of relaxed permutations, L-BFGS; the best restart.
 
     ``bf`` holds the restarts as its last batch dimension: ``batch_shape = (*W.shape[:-2], R)``.
     """
+    opts, tol, deadline, bar, info = run.options, run.tol, run.deadline, run.bar, run.info
+    lr, lbfgs_steps, patience = opts.lr, opts.lbfgs_steps, opts.patience
     batch = W.shape[:-2]
     real_dtype = W.real.dtype
     target = W.detach().unsqueeze(-3)  # (*batch, 1, out, in)
@@ -463,26 +533,6 @@ def _optimize(bf, W, steps, lr, lbfgs_steps, tol, patience, deadline, bar, info,
         result.twiddle.copy_(_take(bf.twiddle.detach(), best, nb))
     info.update(stopped=stopped, restart_errors=per_restart)
     return result
-
-
-def _polish_start(near: Butterfly) -> Butterfly:
-    """``near`` with a restart dimension of size 1 appended (fixed permutations)."""
-    batch = tuple(near.batch_shape)
-
-    def add_dim(p):
-        if p is None:
-            return None
-        return p.unsqueeze(len(batch)) if p.dim() > 1 else p
-
-    bf = Butterfly(
-        near.in_features, near.out_features, complex=near.is_complex, real_output=near.real_output,
-        nblocks=near.nblocks, increasing_stride=near.increasing_stride, in_perm=add_dim(near.in_perm),
-        out_perm=add_dim(near.out_perm), init="identity", batch_shape=(*batch, 1), device=near.device,
-        dtype=near.twiddle.real.dtype,
-    )  # fmt: skip
-    with torch.no_grad():
-        bf.twiddle.copy_(near.twiddle.unsqueeze(len(batch)))
-    return bf
 
 
 def _worse(a: Butterfly, b: Butterfly, W: torch.Tensor) -> bool:

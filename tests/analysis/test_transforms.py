@@ -10,7 +10,7 @@ import torch
 
 from structmat import optimal_error
 from structmat.analysis import RecoveryRow, recovery_markdown, recovery_table, transform_suite
-from structmat.analysis.transforms import STRUCTURES
+from structmat.analysis.transforms import BUTTERFLY_COLUMNS, recovery_columns
 
 
 def test_transform_suite_matches_references():
@@ -33,15 +33,15 @@ def test_transform_suite_matches_references():
 def test_recovery_table_numbers_are_checked_independently():
     rows = recovery_table(16, targets=["DCT-II", "Gaussian"], steps=100, progress=False)
     by = {(r.target, r.structure): r for r in rows}
-    assert {s for _, s in by} == set(STRUCTURES)
-    dct = by["DCT-II", STRUCTURES[0]]
+    assert {s for _, s in by} == set(recovery_columns())  # every registered family with an optimum
+    dct = by["DCT-II", BUTTERFLY_COLUMNS[0]]
     assert dct.recovered and dct.rel_error < 1e-4 and dct.params == 2 * 2 * 16 * 4  # B B*, real twiddles
-    assert not by["Gaussian", STRUCTURES[0]].recovered and by["Gaussian", STRUCTURES[0]].rel_error > 0.3
+    assert not by["Gaussian", BUTTERFLY_COLUMNS[0]].recovered and by["Gaussian", BUTTERFLY_COLUMNS[0]].rel_error > 0.3
     W = transform_suite(16)["Gaussian"].numpy()
     for target in ("DCT-II", "Gaussian"):
-        budget = by[target, STRUCTURES[0]].params
-        low, mon = by[target, "low rank"], by[target, "Monarch"]
-        assert low.params <= budget and mon.params <= budget
+        budget = by[target, BUTTERFLY_COLUMNS[0]].params
+        low, mon, kron = by[target, "low rank"], by[target, "Monarch"], by[target, "Kronecker"]
+        assert low.params <= budget and mon.params <= budget and kron.params <= budget
         if target == "Gaussian":  # the low-rank optimum from numpy's singular values
             r = int(low.detail.split()[-1])
             sv = np.linalg.svd(W, compute_uv=False)
@@ -53,7 +53,7 @@ def test_recovery_table_numbers_are_checked_independently():
 
 def test_recovery_table_counts_complex_parameters_twice():
     rows = recovery_table(16, targets=["DFT"], steps=50, progress=False)
-    learned = next(r for r in rows if r.structure == STRUCTURES[0])
+    learned = next(r for r in rows if r.structure == BUTTERFLY_COLUMNS[0])
     assert learned.recovered and learned.params == 2 * (2 * 16 * 4)  # complex twiddles: 2 reals each
     low = next(r for r in rows if r.structure == "low rank")
     rank = int(low.detail.split()[-1])

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from structmat import Monarch
-from structmat.monarch import Path, backend, select_path
+from structmat.monarch import MultiplyPath, backend, select_path
 from structmat.monarch.functions import BmmFunction
 from structmat.monarch.multiply import run_path
 
@@ -33,11 +33,11 @@ def test_complex_factors_take_a_path_that_supports_them(forced):
     x = torch.randn(5, 32, dtype=torch.complex128)
     ctx = backend(forced) if forced else torch.autocast("cpu", enabled=False)
     with ctx:
-        assert select_path(x, w1, w2) is Path.BMM
-        assert select_path(x, w1.real, w2.real) is Path.BMM  # complex x, real factors
-        assert select_path(x.real, w1.real, w2.real) is (Path.BMM if forced == "bmm" else Path.EXPANDED)
+        assert select_path(x, w1, w2) is MultiplyPath.BMM
+        assert select_path(x, w1.real, w2.real) is MultiplyPath.BMM  # complex x, real factors
+        assert select_path(x.real, w1.real, w2.real) is (MultiplyPath.BMM if forced == "bmm" else MultiplyPath.EXPANDED)
         w1b, w2b = cfactors(4, 2, 8, 4, 8, 2, batch=(3,))
-        assert select_path(x.expand(3, 5, 32), w1b, w2b) is Path.EINSUM
+        assert select_path(x.expand(3, 5, 32), w1b, w2b) is MultiplyPath.EINSUM
 
 
 @given(factor_shapes(), st.integers(0, 5), st.booleans(), st.booleans(), st.integers(0, 2**16))
@@ -51,7 +51,7 @@ def test_complex_paths_equal_the_formula_with_grads(shape, n, with_add, save_mid
     ref_in = [t.clone().requires_grad_(True) for t in (x, w1, w2)]
     y_ref = ref_in[0] @ monarch_from_formula(ref_in[1], ref_in[2]).T + (add if with_add else 0)
     y_ref.backward(gy)
-    for path in (Path.BMM, Path.EINSUM):
+    for path in (MultiplyPath.BMM, MultiplyPath.EINSUM):
         ins = [t.clone().requires_grad_(True) for t in (x, w1, w2)]
         y = run_path(path, *ins, add=add, save_middle=save_middle)
         torch.testing.assert_close(y, y_ref.detach(), msg=f"{path}")

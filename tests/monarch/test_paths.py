@@ -17,7 +17,7 @@ from torch import nn
 
 from structmat import Monarch
 from structmat.adapters import MoReLinear
-from structmat.monarch import Path, backend, get_backend, select_path
+from structmat.monarch import MultiplyPath, backend, get_backend, select_path
 from structmat.monarch.dispatch import EXPANDED_MAX_MIDDLE
 from structmat.monarch.functions import BmmFunction, ExpandedFunction
 from structmat.monarch.multiply import run_path
@@ -49,30 +49,30 @@ SMALL = (4, 2, 8, 4, 8, 2)  # middle 8: the expanded path's range
 WIDE = (4, 16, 8, 4, 8, 16)  # middle 64
 CASES = {
     # name: (factor shape, batch, x dtype, base, dropout, backend, expected)
-    "small middle": (SMALL, (), torch.float32, None, 0.0, None, Path.EXPANDED),
-    "wide middle": (WIDE, (), torch.float32, None, 0.0, None, Path.BMM),
-    "at the limit": ((4, 8, 8, 4, 8, 8), (), torch.float32, None, 0.0, None, Path.EXPANDED),
-    "stacked factors": (SMALL, (3,), torch.float32, None, 0.0, None, Path.EINSUM),
-    "stacked, bmm forced": (SMALL, (3,), torch.float32, None, 0.0, "bmm", Path.EINSUM),
-    "bmm forced": (SMALL, (), torch.float32, None, 0.0, "bmm", Path.BMM),
-    "expanded forced": (WIDE, (), torch.float32, None, 0.0, "expanded", Path.EXPANDED),
-    "torch backend": (WIDE, (), torch.float32, None, 0.0, "torch", Path.BMM),
-    "triton on CPU": (SMALL, (), torch.float32, None, 0.0, "triton", Path.EXPANDED),
-    "plain base": (SMALL, (), torch.float32, "linear", 0.0, None, Path.EXPANDED_WITH_BASE),
-    "float64": (SMALL, (), torch.float64, "linear64", 0.0, None, Path.EXPANDED_WITH_BASE),
-    "base, wide middle": (WIDE, (), torch.float32, "linear", 0.0, None, Path.BMM),
-    "base, bmm forced": (SMALL, (), torch.float32, "linear", 0.0, "bmm", Path.BMM),
-    "base, other dtype": (SMALL, (), torch.float64, "linear", 0.0, None, Path.EXPANDED),
-    "base, dropout": (SMALL, (), torch.float32, "linear", 0.1, None, Path.EXPANDED),
-    "base, forward hook": (SMALL, (), torch.float32, "forward hook", 0.0, None, Path.EXPANDED),
-    "base, forward pre-hook": (SMALL, (), torch.float32, "forward pre-hook", 0.0, None, Path.EXPANDED),
-    "base, backward hook": (SMALL, (), torch.float32, "backward hook", 0.0, None, Path.EXPANDED),
-    "base, backward pre-hook": (SMALL, (), torch.float32, "backward pre-hook", 0.0, None, Path.EXPANDED),
-    "base, global hook": (SMALL, (), torch.float32, "global hook", 0.0, None, Path.EXPANDED),
-    "base, subclass": (SMALL, (), torch.float32, "subclass", 0.0, None, Path.EXPANDED),
-    "base, patched forward": (SMALL, (), torch.float32, "patched", 0.0, None, Path.EXPANDED),
-    "base, padded": (SMALL, (), torch.float32, "padded", 0.0, None, Path.EXPANDED),
-    "base, autocast": (SMALL, (), torch.float32, "autocast", 0.0, None, Path.EXPANDED),
+    "small middle": (SMALL, (), torch.float32, None, 0.0, None, MultiplyPath.EXPANDED),
+    "wide middle": (WIDE, (), torch.float32, None, 0.0, None, MultiplyPath.BMM),
+    "at the limit": ((4, 8, 8, 4, 8, 8), (), torch.float32, None, 0.0, None, MultiplyPath.EXPANDED),
+    "stacked factors": (SMALL, (3,), torch.float32, None, 0.0, None, MultiplyPath.EINSUM),
+    "stacked, bmm forced": (SMALL, (3,), torch.float32, None, 0.0, "bmm", MultiplyPath.EINSUM),
+    "bmm forced": (SMALL, (), torch.float32, None, 0.0, "bmm", MultiplyPath.BMM),
+    "expanded forced": (WIDE, (), torch.float32, None, 0.0, "expanded", MultiplyPath.EXPANDED),
+    "torch backend": (WIDE, (), torch.float32, None, 0.0, "torch", MultiplyPath.BMM),
+    "triton on CPU": (SMALL, (), torch.float32, None, 0.0, "triton", MultiplyPath.EXPANDED),
+    "plain base": (SMALL, (), torch.float32, "linear", 0.0, None, MultiplyPath.EXPANDED_WITH_BASE),
+    "float64": (SMALL, (), torch.float64, "linear64", 0.0, None, MultiplyPath.EXPANDED_WITH_BASE),
+    "base, wide middle": (WIDE, (), torch.float32, "linear", 0.0, None, MultiplyPath.BMM),
+    "base, bmm forced": (SMALL, (), torch.float32, "linear", 0.0, "bmm", MultiplyPath.BMM),
+    "base, other dtype": (SMALL, (), torch.float64, "linear", 0.0, None, MultiplyPath.EXPANDED),
+    "base, dropout": (SMALL, (), torch.float32, "linear", 0.1, None, MultiplyPath.EXPANDED),
+    "base, forward hook": (SMALL, (), torch.float32, "forward hook", 0.0, None, MultiplyPath.EXPANDED),
+    "base, forward pre-hook": (SMALL, (), torch.float32, "forward pre-hook", 0.0, None, MultiplyPath.EXPANDED),
+    "base, backward hook": (SMALL, (), torch.float32, "backward hook", 0.0, None, MultiplyPath.EXPANDED),
+    "base, backward pre-hook": (SMALL, (), torch.float32, "backward pre-hook", 0.0, None, MultiplyPath.EXPANDED),
+    "base, global hook": (SMALL, (), torch.float32, "global hook", 0.0, None, MultiplyPath.EXPANDED),
+    "base, subclass": (SMALL, (), torch.float32, "subclass", 0.0, None, MultiplyPath.EXPANDED),
+    "base, patched forward": (SMALL, (), torch.float32, "patched", 0.0, None, MultiplyPath.EXPANDED),
+    "base, padded": (SMALL, (), torch.float32, "padded", 0.0, None, MultiplyPath.EXPANDED),
+    "base, autocast": (SMALL, (), torch.float32, "autocast", 0.0, None, MultiplyPath.EXPANDED),
 }
 
 
@@ -165,7 +165,7 @@ def test_every_path_equals_the_formula_with_grads(shape, n, with_add, save_middl
     add = torch.randn(*lead, l * s, dtype=torch.float64) if with_add else None
     g = torch.randn(*lead, l * s, dtype=torch.float64)
     y_ref, grads_ref, (add_grad_ref, _, _) = reference_and_grads(x, w1, w2, g, add=add)
-    for path in (Path.EXPANDED, Path.BMM, Path.EINSUM):
+    for path in (MultiplyPath.EXPANDED, MultiplyPath.BMM, MultiplyPath.EINSUM):
         ins = [t.clone().requires_grad_(True) for t in (x, w1, w2)]
         add_in = add.clone().requires_grad_(True) if with_add else None
         y = run_path(path, *ins, add=add_in, save_middle=save_middle)
@@ -188,7 +188,7 @@ def test_expanded_path_with_base_equals_the_formula_with_grads(shape, n, with_bi
     y_ref, grads_ref, (_, weight_grad, bias_grad) = reference_and_grads(x, w1, w2, g, weight=weight, bias=bias)
     ins = [t.clone().requires_grad_(True) for t in (x, w1, w2)]
     base = [t.clone().requires_grad_(train_base) if t is not None else None for t in (weight, bias)]
-    y = run_path(Path.EXPANDED_WITH_BASE, *ins, weight=base[0], bias=base[1], save_middle=save_middle)
+    y = run_path(MultiplyPath.EXPANDED_WITH_BASE, *ins, weight=base[0], bias=base[1], save_middle=save_middle)
     torch.testing.assert_close(y, y_ref)
     y.backward(g)
     for got, want in zip(ins, grads_ref, strict=True):
@@ -291,7 +291,7 @@ def test_fused_more_layer_equals_unfused_with_grads(shape, n, bias, train_base, 
     with torch.no_grad():
         layer.monarch.blkdiag2.normal_()
     x = torch.randn(*((2, n) if batched else (n,)), in_f, dtype=torch.float64, requires_grad=True)
-    assert select_path(x, layer.monarch.blkdiag1, layer.monarch.blkdiag2, base=base) is Path.EXPANDED_WITH_BASE
+    assert select_path(x, layer.monarch.blkdiag1, layer.monarch.blkdiag2, base=base) is MultiplyPath.EXPANDED_WITH_BASE
     results = []
     for fused in (True, False):
         layer.fused = fused
@@ -322,7 +322,8 @@ def test_torch_compile_fused_more_layer_matches_eager():
         layer.monarch.blkdiag2.normal_()
     x = torch.randn(2, 7, 48, requires_grad=True)
     assert (
-        select_path(x, layer.monarch.blkdiag1, layer.monarch.blkdiag2, base=layer.base_layer) is Path.EXPANDED_WITH_BASE
+        select_path(x, layer.monarch.blkdiag1, layer.monarch.blkdiag2, base=layer.base_layer)
+        is MultiplyPath.EXPANDED_WITH_BASE
     )
     compiled = torch.compile(layer, backend="eager" if sys.platform == "win32" else "inductor", fullgraph=True)
     x2 = x.detach().clone().requires_grad_(True)
@@ -394,7 +395,7 @@ def test_triton_on_cuda_matches_reference_with_grads(case, with_add, seed):
     y = triton_multiply(*ins[:3], add=ins[3] if with_add else None)
     y.backward(g64.to(dtype))
     refs = [t.clone().requires_grad_(True) for t in (*(t.to(dtype).double() for t in ins64), add64.to(dtype).double())]
-    y_ref = run_path(Path.BMM, *refs[:3]) + (refs[3] if with_add else 0)
+    y_ref = run_path(MultiplyPath.BMM, *refs[:3]) + (refs[3] if with_add else 0)
     y_ref.backward(g64.to(dtype).double())
 
     def rel(a, b):
@@ -407,7 +408,9 @@ def test_triton_on_cuda_matches_reference_with_grads(case, with_add, seed):
 
 
 @needs_cuda_triton
-@pytest.mark.parametrize("nblocks,rank,expected", [(4, 4, Path.EXPANDED), (8, 8, Path.TRITON), (16, 8, Path.BMM)])
+@pytest.mark.parametrize(
+    "nblocks,rank,expected", [(4, 4, MultiplyPath.EXPANDED), (8, 8, MultiplyPath.TRITON), (16, 8, MultiplyPath.BMM)]
+)
 def test_cuda_backend_auto_and_more_layer_match_cpu(nblocks, rank, expected):
     """On CUDA, 'auto' sends middles of 33-64 to the kernel; either way the layer equals its CPU copy."""
     torch.manual_seed(0)

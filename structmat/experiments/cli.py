@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -53,21 +54,38 @@ def _prepare_out_file(parser: argparse.ArgumentParser, option: str, path: str | 
         return
     if os.path.isdir(path):
         parser.error(f"{option} {path!r} is a folder; give a file name")
-    _prepare_out_folder(parser, option, os.path.dirname(os.path.abspath(path)))
+    folder = os.path.dirname(os.path.abspath(path))
+    _prepare_out_folder(parser, option, folder, named=f"{option} {path!r}: its folder {folder!r}")
+    if os.path.exists(path):
+        try:
+            open(path, "a").close()  # append mode: the file is left as it is
+        except OSError as err:
+            parser.error(f"{option} {path!r}: cannot write the file ({err.strerror})")
 
 
-def _prepare_out_folder(parser: argparse.ArgumentParser, option: str, path: str | None) -> None:
-    """Fail before any work when ``path`` cannot be a folder to write into; create it."""
+def _prepare_out_folder(
+    parser: argparse.ArgumentParser, option: str, path: str | None, named: str | None = None
+) -> None:
+    """Fail before any work when ``path`` cannot be a folder to write into; create it.
+
+    Writing is tried (a temporary file, removed again): ``os.access`` says yes for root in
+    folders that refuse every new file, such as ``/proc`` or a read-only mount. ``named``: how
+    the error names the folder (default: the option and ``path``)."""
     if path is None:
         return
+    named = named or f"{option} {path!r}"
     if os.path.exists(path) and not os.path.isdir(path):
-        parser.error(f"{option} {path!r} exists and is not a folder")
+        parser.error(f"{named} exists and is not a folder")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as err:
-        parser.error(f"{option} {path!r}: cannot create the folder ({err.strerror})")
-    if not os.access(path, os.W_OK):
-        parser.error(f"{option} {path!r} is not writable")
+        parser.error(f"{named}: cannot create the folder ({err.strerror})")
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".structmat-write-check-")
+    except OSError as err:
+        parser.error(f"{named}: cannot write files there ({err.strerror})")
+    os.close(fd)
+    os.remove(probe)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -109,19 +127,64 @@ TASKS = {"minilm": ["rotten_tomatoes"], "smollm2": ["bigbench:arithmetic", "bigb
 DEFAULT_TARGETS = {"minilm": "query,value", "smollm2": "q_proj,k_proj,v_proj"}
 
 
-# (in_features, out_features) of the linear layers each target name hits, to check --rank and
-# --nblocks before the model loads (all-MiniLM-L6-v2: hidden 384, MLP 1536; SmolLM2-135M: hidden
-# 576, 3 key/value heads of 64, MLP 1536). Other names are checked when the adapter is applied.
-LAYER_SHAPES = {
-    "minilm": {
-        "query": [(384, 384)], "key": [(384, 384)], "value": [(384, 384)],
-        "dense": [(384, 384), (384, 1536), (1536, 384)],
-    },
-    "smollm2": {
-        "q_proj": [(576, 576)], "o_proj": [(576, 576)], "k_proj": [(576, 192)], "v_proj": [(576, 192)],
-        "gate_proj": [(576, 1536)], "up_proj": [(576, 1536)], "down_proj": [(1536, 576)],
-    },
+# The linear layers of each model that --targets may name, "{i}" standing for each layer of the
+# stack, with (in_features, out_features): checked before the model loads. all-MiniLM-L6-v2:
+# 6 layers, hidden 384, MLP 1536; its classifier is the task head, trained in full, not a target.
+# SmolLM2-135M: 30 layers, hidden 576, 3 key/value heads of 64, MLP 1536, vocabulary 49152.
+# tests/experiments/test_cli.py checks these tables against the models built from their configs.
+LINEAR_LAYERS: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {
+    "minilm": (6, {
+        "bert.encoder.layer.{i}.attention.self.query": (384, 384),
+        "bert.encoder.layer.{i}.attention.self.key": (384, 384),
+        "bert.encoder.layer.{i}.attention.self.value": (384, 384),
+        "bert.encoder.layer.{i}.attention.output.dense": (384, 384),
+        "bert.encoder.layer.{i}.intermediate.dense": (384, 1536),
+        "bert.encoder.layer.{i}.output.dense": (1536, 384),
+        "bert.pooler.dense": (384, 384),
+    }),
+    "smollm2": (30, {
+        "model.layers.{i}.self_attn.q_proj": (576, 576),
+        "model.layers.{i}.self_attn.k_proj": (576, 192),
+        "model.layers.{i}.self_attn.v_proj": (576, 192),
+        "model.layers.{i}.self_attn.o_proj": (576, 576),
+        "model.layers.{i}.mlp.gate_proj": (576, 1536),
+        "model.layers.{i}.mlp.up_proj": (576, 1536),
+        "model.layers.{i}.mlp.down_proj": (1536, 576),
+        "lm_head": (576, 49152),
+    }),
 }  # fmt: skip
+ALL_LINEAR_SKIPS = {"smollm2": ("lm_head",)}  # the output head: all-linear leaves it out, as apply_more
+
+
+def linear_layers(model: str) -> dict[str, tuple[int, int]]:
+    """Dotted name -> (in_features, out_features) of every linear layer of ``model`` a target can name."""
+    count, patterns = LINEAR_LAYERS[model]
+    return {
+        pattern.format(i=i): shape
+        for pattern, shape in patterns.items()
+        for i in (range(count) if "{i}" in pattern else [0])
+    }
+
+
+def _target_layers(parser: argparse.ArgumentParser, model: str, targets: str) -> dict[str, tuple[int, int]]:
+    """The layers ``--targets`` names (as ``target_modules``: a layer whose dotted name is a name
+    or ends with ``"." + name``); an argparse error listing the valid names for unknown ones."""
+    layers = linear_layers(model)
+    if targets == "all-linear":
+        return {n: s for n, s in layers.items() if n not in ALL_LINEAR_SKIPS.get(model, ())}
+    names = [t.strip() for t in targets.split(",")]
+    if not all(names):
+        parser.error(f"--targets {targets!r} has an empty name; give comma-separated module names or all-linear")
+    chosen = {n: s for n, s in layers.items() if any(n == t or n.endswith("." + t) for t in names)}
+    unknown = [t for t in names if not any(n == t or n.endswith("." + t) for n in layers)]
+    if unknown:
+        leaves = ", ".join(dict.fromkeys(n.rsplit(".", 1)[-1] for n in layers))
+        example = next(iter(layers))
+        parser.error(
+            f"--targets {','.join(unknown)}: no linear layer of --model {model} has that name; choose from "
+            f"{leaves} (or all-linear, or a longer dotted suffix of a layer name such as {example})"
+        )
+    return chosen
 
 
 def _check_finetune(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -141,10 +204,7 @@ def _check_finetune(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.model_dropout is not None and args.model != "minilm":
         parser.error("--model-dropout applies to --model minilm only")
     targets = args.targets if args.targets is not None else DEFAULT_TARGETS[args.model]
-    names = [t.strip() for t in targets.split(",")] if targets != "all-linear" else list(LAYER_SHAPES[args.model])
-    if not all(names):
-        parser.error(f"--targets {args.targets!r} has an empty name; give comma-separated module names or all-linear")
-    shapes = {shape for name in names for shape in LAYER_SHAPES[args.model].get(name, [])}
+    shapes = set(_target_layers(parser, args.model, targets).values())
     for in_f, out_f in sorted(shapes):
         try:
             if args.method == "more":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -114,10 +115,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(text: str) -> None:
+    """A line on stderr saying what a long job does now (rank 0 only under torchrun)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"structmat: {text}", file=sys.stderr, flush=True)
+
+
 def _report(args: argparse.Namespace) -> int:
     from .report import run_report
 
-    result = run_report(args.out, quick=args.quick)
+    _status(f"report into {args.out!r} ({'seconds' if args.quick else 'a few minutes'}); progress on stderr")
+    result = run_report(args.out, quick=args.quick, progress=True)  # progress lines also in pipes and logs
     print(result["summary"])
     print(f"\nreport written to {result['path']} ({result['seconds']:.0f} s)")
     return 0
@@ -242,8 +250,9 @@ def _finetune(args: argparse.Namespace) -> int:
     common = dict(
         method=args.method, rank=args.rank, nblocks=args.nblocks, targets=targets, lr=args.lr, epochs=args.epochs,
         batch_size=args.batch_size, train_size=args.train_size, test_size=args.test_size, seed=args.seed,
-        device=device, save_adapter=args.save_adapter,
+        device=device, save_adapter=args.save_adapter, progress=True,  # progress lines also in pipes and logs
     )  # fmt: skip
+    _status(f"finetune {args.model} on {task}, {args.method} rank {args.rank}: loading the model and data")
     if args.model == "smollm2":
         from .causal import CausalConfig, run_causal
 
@@ -272,15 +281,30 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="structmat", description=__doc__)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default; an option without one (``None``) says in its
+    own help what happens when it is not given, instead of "(default: None)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``structmat`` command line: one subparser per command."""
+    parser = argparse.ArgumentParser(prog="structmat", description=__doc__, formatter_class=_HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="fit the three structures to a matrix and print a table")
-    demo.add_argument("--size", type=_integer(16), default=256, help="matrix size n (n x n), at least 16; default 256")
-    demo.add_argument("--seed", type=_integer(0), default=0)
+    demo = sub.add_parser(
+        "demo", help="fit the three structures to a matrix and print a table", formatter_class=_HelpFormatter
+    )
+    demo.add_argument("--size", type=_integer(16), default=256, help="matrix size n (n x n), at least 16")
+    demo.add_argument("--seed", type=_integer(0), default=0, help="random seed of the target matrix")
     demo.set_defaults(func=_demo, check=None, parser=demo)
-    rep = sub.add_parser("report", help="the expressivity study: markdown report with figures (main job)")
-    rep.add_argument("--out", default="report", help="output folder (default: ./report)")
+    rep = sub.add_parser(
+        "report",
+        help="the expressivity study: markdown report with figures (main job)",
+        formatter_class=_HelpFormatter,
+    )
+    rep.add_argument("--out", default="report", help="output folder")
     rep.add_argument("--quick", action="store_true", help="small sizes, synthetic targets only (seconds)")
     rep.set_defaults(func=_report, check=_check_report, parser=rep)
     ft = sub.add_parser(
@@ -288,25 +312,29 @@ def main(argv: list[str] | None = None) -> int:
         help="fine-tune offline with MoRe or LoRA: MiniLM on Rotten Tomatoes, or SmolLM2 on BIG-bench",
         description="Also runs under torchrun: torchrun --nproc-per-node 2 -m structmat.experiments finetune ... "
         "Example: structmat finetune --model smollm2 --task bigbench:arithmetic --rank 4 --lr 1e-2",
+        formatter_class=_HelpFormatter,
     )
-    ft.add_argument("--model", choices=sorted(TASKS), default="minilm")
+    ft.add_argument("--model", choices=sorted(TASKS), default="minilm", help="the pretrained model")
     ft.add_argument(
         "--task",
         default=None,
-        help="minilm: rotten_tomatoes; smollm2: bigbench:arithmetic (default) or bigbench:strategyqa",
+        help="minilm: rotten_tomatoes; smollm2: bigbench:arithmetic or bigbench:strategyqa "
+        "(default: the first of these for the model)",
     )
-    ft.add_argument("--method", choices=["more", "lora", "none"], default="more")
+    ft.add_argument(
+        "--method", choices=["more", "lora", "none"], default="more", help="the adapter (none: train the head only)"
+    )
     ft.add_argument("--rank", type=_integer(1), default=1, help="MoRe block rank / LoRA rank")
-    ft.add_argument("--nblocks", type=_integer(1), default=4)
+    ft.add_argument("--nblocks", type=_integer(1), default=4, help="MoRe: number of blocks")
     ft.add_argument(
         "--targets",
         default=None,
-        help="comma-separated target module names, or all-linear (default: query,value for minilm, "
-        "q_proj,k_proj,v_proj for smollm2)",
+        help="comma-separated names of the linear layers to adapt, or all-linear (default: query,value for "
+        "minilm, q_proj,k_proj,v_proj for smollm2)",
     )
-    ft.add_argument("--lr", type=_positive_float, default=2e-3)
-    ft.add_argument("--epochs", type=_integer(1), default=1)
-    ft.add_argument("--batch-size", type=_integer(1), default=32)
+    ft.add_argument("--lr", type=_positive_float, default=2e-3, help="peak learning rate (AdamW, linear schedule)")
+    ft.add_argument("--epochs", type=_integer(1), default=1, help="passes over the training examples")
+    ft.add_argument("--batch-size", type=_integer(1), default=32, help="examples per step (all ranks together)")
     ft.add_argument("--max-length", type=_integer(1), default=64, help="minilm: tokens per review")
     ft.add_argument(
         "--model-dropout",
@@ -316,18 +344,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     ft.add_argument("--train-size", type=_integer(1), default=3000, help="training examples (up to the split's size)")
     ft.add_argument("--test-size", type=_integer(1), default=1000, help="test examples (up to the split's size)")
-    ft.add_argument("--seed", type=_integer(0), default=0)
+    ft.add_argument("--seed", type=_integer(0), default=0, help="random seed (data order, adapter initialisation)")
     ft.add_argument(
         "--device", choices=["cpu", "cuda"], default="cpu", help="where to train (DDP uses gloo on cpu, nccl on cuda)"
     )
-    ft.add_argument("--out", help="write the result as JSON here")
+    ft.add_argument("--out", help="write the result as JSON here (default: printed only)")
     ft.add_argument(
         "--save-adapter",
         metavar="DIR",
         help="save the trained adapter into DIR (MoRe: structmat.adapters.load_adapter/from_pretrained "
-        "read it; LoRA: PEFT's format)",
+        "read it; LoRA: PEFT's format) (default: not saved)",
     )
     ft.set_defaults(func=_finetune, check=_check_finetune, parser=ft)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     for action in args.parser._actions:  # argparse (3.11) turns "--size=--" into [] without calling the type
         if action.nargs is None and action.type is not None and isinstance(getattr(args, action.dest, None), list):

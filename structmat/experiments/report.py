@@ -35,7 +35,7 @@ from ..analysis import (
     target_suite,
     winners,
 )
-from ..progress import tqdm
+from ..progress import progress_bar
 from .models import minilm_weight_matrices
 
 BUDGET_FRACTIONS = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
@@ -61,7 +61,7 @@ def run_report(out_dir: str | Path = "report", quick: bool = False, progress: bo
     suite = target_suite(n) | ({} if quick else minilm_weight_matrices())
     curves: dict[str, list[CurvePoint]] = {}
     stats: dict[str, dict[str, float]] = {}
-    bar = tqdm(suite.items(), desc="report", disable=None if progress is None else not progress)
+    bar = progress_bar(suite.items(), show=progress, desc="report")
     for name, W in bar:
         bar.set_postfix_str(name[:30])
         dense = W.numel()
@@ -103,7 +103,7 @@ def run_report(out_dir: str | Path = "report", quick: bool = False, progress: bo
                 fig.savefig(out / "figures" / f"{key}.{ext}")
             plt.close(fig)
 
-    recovery = recovery_table(16 if quick else 64, steps=100 if quick else 300, progress=False)
+    recovery = recovery_table(16 if quick else 64, steps=100 if quick else 300, progress=bool(progress))
     text = _markdown(curves, stats, choices, empirical, cap_shape, cap_budget, quick, time.time() - t0)
     text += _recovery_section(recovery)
     (out / "report.md").write_text(text)

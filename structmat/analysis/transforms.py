@@ -25,10 +25,10 @@ import numpy as np
 import scipy.fft
 import scipy.linalg
 import torch
-from tqdm.auto import tqdm
 
 from ..butterfly.fit import fit_butterfly
 from ..checks import check_positive_int
+from ..progress import progress_bar
 from ..registry import families
 from .capacity import choose_structures
 
@@ -99,6 +99,8 @@ def recovery_table(
         threshold: relative error below which a target counts as recovered.
         steps: Adam step budget of the butterfly fits that reach the gradient phase (L-BFGS:
             ``steps // 5``).
+        progress: a progress bar over the targets (default: shown; where stderr is not a
+            terminal, as plain lines); ``False`` hides it.
     """
     suite = transform_suite(n)
     if targets is None:
@@ -112,7 +114,7 @@ def recovery_table(
             raise ValueError(f"targets must be names from {list(suite)}, got unknown {unknown}")
         chosen = {t: suite[t] for t in names}
     rows: list[RecoveryRow] = []
-    bar = tqdm(chosen.items(), desc="recovery table", disable=progress is False)
+    bar = progress_bar(chosen.items(), show=progress is not False, desc="recovery table")
     for name, W in bar:
         bar.set_postfix_str(name)
         size = W.shape[-1]

@@ -16,7 +16,7 @@ import torch
 
 from ..adapters import count_parameters
 from ..checks import check_positive_int
-from ..progress import tqdm
+from ..progress import progress_bar
 from .bigbench import TASK_FILES, QAExample, load_bigbench
 from .data import example_id
 from .loop import Batch, TrainStats, train, training_memory_bytes, world
@@ -56,7 +56,7 @@ class CausalConfig:
     device: str = "cpu"
     save_adapter: str | None = None  # folder to save the trained adapter to (rank 0)
     evaluate_before: bool = False
-    progress: bool | None = None
+    progress: bool | None = None  # None: a bar on a terminal only; True: also as lines in pipes and logs (the CLI)
 
     def __post_init__(self) -> None:
         if self.task not in TASK_FILES:
@@ -125,12 +125,7 @@ def generate_answers(
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     answers: list[str] = []
     try:
-        for i in tqdm(
-            range(0, len(questions), batch_size),
-            desc="generate",
-            disable=None if progress is None else not progress,
-            leave=False,
-        ):
+        for i in progress_bar(range(0, len(questions), batch_size), show=progress, desc="generate", leave=False):
             prompts = [prompt_for(task, q) for q in questions[i : i + batch_size]]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             out = model.generate(

@@ -10,7 +10,7 @@ import torch
 
 from ..adapters import count_parameters
 from ..checks import check_positive_int
-from ..progress import tqdm
+from ..progress import progress_bar
 from .data import TextDataset, load_rotten_tomatoes
 from .loop import TrainStats, to_device, train, training_memory_bytes, world
 from .methods import adapt, save_trained
@@ -33,7 +33,7 @@ class FinetuneConfig:
     device: str = "cpu"
     save_adapter: str | None = None  # folder to save the trained adapter to (rank 0)
     model_dropout: float | None = None  # the model's hidden/attention dropout (None: its own 0.1)
-    progress: bool | None = None
+    progress: bool | None = None  # None: a bar on a terminal only; True: also as lines in pipes and logs (the CLI)
 
     def __post_init__(self) -> None:
         if self.method not in ("more", "lora", "none"):
@@ -66,7 +66,7 @@ def predict(model, batches, progress: bool | None = None) -> list[int]:
     model.eval()
     preds: list[int] = []
     device = next(model.parameters()).device
-    for batch in tqdm(batches, desc="eval", disable=None if progress is None else not progress, leave=False):
+    for batch in progress_bar(batches, show=progress, desc="eval", leave=False):
         batch = to_device(batch, device)
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         preds += logits.argmax(-1).tolist()

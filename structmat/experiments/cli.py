@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -53,21 +55,38 @@ def _prepare_out_file(parser: argparse.ArgumentParser, option: str, path: str | 
         return
     if os.path.isdir(path):
         parser.error(f"{option} {path!r} is a folder; give a file name")
-    _prepare_out_folder(parser, option, os.path.dirname(os.path.abspath(path)))
+    folder = os.path.dirname(os.path.abspath(path))
+    _prepare_out_folder(parser, option, folder, named=f"{option} {path!r}: its folder {folder!r}")
+    if os.path.exists(path):
+        try:
+            open(path, "a").close()  # append mode: the file is left as it is
+        except OSError as err:
+            parser.error(f"{option} {path!r}: cannot write the file ({err.strerror})")
 
 
-def _prepare_out_folder(parser: argparse.ArgumentParser, option: str, path: str | None) -> None:
-    """Fail before any work when ``path`` cannot be a folder to write into; create it."""
+def _prepare_out_folder(
+    parser: argparse.ArgumentParser, option: str, path: str | None, named: str | None = None
+) -> None:
+    """Fail before any work when ``path`` cannot be a folder to write into; create it.
+
+    Writing is tried (a temporary file, removed again): ``os.access`` says yes for root in
+    folders that refuse every new file, such as ``/proc`` or a read-only mount. ``named``: how
+    the error names the folder (default: the option and ``path``)."""
     if path is None:
         return
+    named = named or f"{option} {path!r}"
     if os.path.exists(path) and not os.path.isdir(path):
-        parser.error(f"{option} {path!r} exists and is not a folder")
+        parser.error(f"{named} exists and is not a folder")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as err:
-        parser.error(f"{option} {path!r}: cannot create the folder ({err.strerror})")
-    if not os.access(path, os.W_OK):
-        parser.error(f"{option} {path!r} is not writable")
+        parser.error(f"{named}: cannot create the folder ({err.strerror})")
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".structmat-write-check-")
+    except OSError as err:
+        parser.error(f"{named}: cannot write files there ({err.strerror})")
+    os.close(fd)
+    os.remove(probe)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -96,10 +115,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(text: str) -> None:
+    """A line on stderr saying what a long job does now (rank 0 only under torchrun)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"structmat: {text}", file=sys.stderr, flush=True)
+
+
 def _report(args: argparse.Namespace) -> int:
     from .report import run_report
 
-    result = run_report(args.out, quick=args.quick)
+    _status(f"report into {args.out!r} ({'seconds' if args.quick else 'a few minutes'}); progress on stderr")
+    result = run_report(args.out, quick=args.quick, progress=True)  # progress lines also in pipes and logs
     print(result["summary"])
     print(f"\nreport written to {result['path']} ({result['seconds']:.0f} s)")
     return 0
@@ -109,19 +135,27 @@ TASKS = {"minilm": ["rotten_tomatoes"], "smollm2": ["bigbench:arithmetic", "bigb
 DEFAULT_TARGETS = {"minilm": "query,value", "smollm2": "q_proj,k_proj,v_proj"}
 
 
-# (in_features, out_features) of the linear layers each target name hits, to check --rank and
-# --nblocks before the model loads (all-MiniLM-L6-v2: hidden 384, MLP 1536; SmolLM2-135M: hidden
-# 576, 3 key/value heads of 64, MLP 1536). Other names are checked when the adapter is applied.
-LAYER_SHAPES = {
-    "minilm": {
-        "query": [(384, 384)], "key": [(384, 384)], "value": [(384, 384)],
-        "dense": [(384, 384), (384, 1536), (1536, 384)],
-    },
-    "smollm2": {
-        "q_proj": [(576, 576)], "o_proj": [(576, 576)], "k_proj": [(576, 192)], "v_proj": [(576, 192)],
-        "gate_proj": [(576, 1536)], "up_proj": [(576, 1536)], "down_proj": [(1536, 576)],
-    },
-}  # fmt: skip
+def _target_layers(parser: argparse.ArgumentParser, model: str, targets: str) -> dict[str, tuple[int, int]]:
+    """The layers ``--targets`` names (as ``target_modules``: a layer whose dotted name is a name
+    or ends with ``"." + name``); an argparse error listing the valid names for unknown ones."""
+    from .models import ALL_LINEAR_SKIPS, linear_layers
+
+    layers = linear_layers(model)
+    if targets == "all-linear":
+        return {n: s for n, s in layers.items() if n not in ALL_LINEAR_SKIPS.get(model, ())}
+    names = [t.strip() for t in targets.split(",")]
+    if not all(names):
+        parser.error(f"--targets {targets!r} has an empty name; give comma-separated module names or all-linear")
+    chosen = {n: s for n, s in layers.items() if any(n == t or n.endswith("." + t) for t in names)}
+    unknown = [t for t in names if not any(n == t or n.endswith("." + t) for n in layers)]
+    if unknown:
+        leaves = ", ".join(dict.fromkeys(n.rsplit(".", 1)[-1] for n in layers))
+        example = next(iter(layers))
+        parser.error(
+            f"--targets {','.join(unknown)}: no linear layer of --model {model} has that name; choose from "
+            f"{leaves} (or all-linear, or a longer dotted suffix of a layer name such as {example})"
+        )
+    return chosen
 
 
 def _check_finetune(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -141,10 +175,7 @@ def _check_finetune(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.model_dropout is not None and args.model != "minilm":
         parser.error("--model-dropout applies to --model minilm only")
     targets = args.targets if args.targets is not None else DEFAULT_TARGETS[args.model]
-    names = [t.strip() for t in targets.split(",")] if targets != "all-linear" else list(LAYER_SHAPES[args.model])
-    if not all(names):
-        parser.error(f"--targets {args.targets!r} has an empty name; give comma-separated module names or all-linear")
-    shapes = {shape for name in names for shape in LAYER_SHAPES[args.model].get(name, [])}
+    shapes = set(_target_layers(parser, args.model, targets).values())
     for in_f, out_f in sorted(shapes):
         try:
             if args.method == "more":
@@ -182,8 +213,9 @@ def _finetune(args: argparse.Namespace) -> int:
     common = dict(
         method=args.method, rank=args.rank, nblocks=args.nblocks, targets=targets, lr=args.lr, epochs=args.epochs,
         batch_size=args.batch_size, train_size=args.train_size, test_size=args.test_size, seed=args.seed,
-        device=device, save_adapter=args.save_adapter,
+        device=device, save_adapter=args.save_adapter, progress=True,  # progress lines also in pipes and logs
     )  # fmt: skip
+    _status(f"finetune {args.model} on {task}, {args.method} rank {args.rank}: loading the model and data")
     if args.model == "smollm2":
         from .causal import CausalConfig, run_causal
 
@@ -212,19 +244,32 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="structmat", description=__doc__)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default; an option without one (``None``) says in its
+    own help what happens when it is not given, instead of "(default: None)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``structmat`` command line: one subparser per command."""
+    parser = argparse.ArgumentParser(prog="structmat", description=__doc__, formatter_class=_HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="fit the three structures to a matrix and print a table")
-    demo.add_argument("--size", type=_integer(16), default=256, help="matrix size n (n x n), at least 16; default 256")
-    demo.add_argument("--seed", type=_integer(0), default=0)
+    demo = sub.add_parser(
+        "demo", help="fit the three structures to a matrix and print a table", formatter_class=_HelpFormatter
+    )
+    demo.add_argument("--size", type=_integer(16), default=256, help="matrix size n (n x n), at least 16")
+    demo.add_argument("--seed", type=_integer(0), default=0, help="random seed of the target matrix")
     demo.set_defaults(func=_demo, check=None, parser=demo)
-    rep = sub.add_parser("report", help="the expressivity study: markdown report with figures (main job)")
-    rep.add_argument("--out", default="report", help="output folder (default: ./report)")
+    rep = sub.add_parser(
+        "report",
+        help="the expressivity study: markdown report with figures (main job)",
+        formatter_class=_HelpFormatter,
+    )
+    rep.add_argument("--out", default="report", help="output folder")
     rep.add_argument(
-        "--quick",
-        action="store_true",
-        help="small sizes: 64x64 targets and MiniLM's layers, no SmolLM2 (fast)",
+        "--quick", action="store_true", help="small sizes: 64x64 targets and MiniLM's layers, no SmolLM2 (fast)"
     )
     rep.set_defaults(func=_report, check=_check_report, parser=rep)
     ft = sub.add_parser(
@@ -232,25 +277,29 @@ def main(argv: list[str] | None = None) -> int:
         help="fine-tune offline with MoRe or LoRA: MiniLM on Rotten Tomatoes, or SmolLM2 on BIG-bench",
         description="Also runs under torchrun: torchrun --nproc-per-node 2 -m structmat.experiments finetune ... "
         "Example: structmat finetune --model smollm2 --task bigbench:arithmetic --rank 4 --lr 1e-2",
+        formatter_class=_HelpFormatter,
     )
-    ft.add_argument("--model", choices=sorted(TASKS), default="minilm")
+    ft.add_argument("--model", choices=sorted(TASKS), default="minilm", help="the pretrained model")
     ft.add_argument(
         "--task",
         default=None,
-        help="minilm: rotten_tomatoes; smollm2: bigbench:arithmetic (default) or bigbench:strategyqa",
+        help="minilm: rotten_tomatoes; smollm2: bigbench:arithmetic or bigbench:strategyqa "
+        "(default: the first of these for the model)",
     )
-    ft.add_argument("--method", choices=["more", "lora", "none"], default="more")
+    ft.add_argument(
+        "--method", choices=["more", "lora", "none"], default="more", help="the adapter (none: train the head only)"
+    )
     ft.add_argument("--rank", type=_integer(1), default=1, help="MoRe block rank / LoRA rank")
-    ft.add_argument("--nblocks", type=_integer(1), default=4)
+    ft.add_argument("--nblocks", type=_integer(1), default=4, help="MoRe: number of blocks")
     ft.add_argument(
         "--targets",
         default=None,
-        help="comma-separated target module names, or all-linear (default: query,value for minilm, "
-        "q_proj,k_proj,v_proj for smollm2)",
+        help="comma-separated names of the linear layers to adapt, or all-linear (default: query,value for "
+        "minilm, q_proj,k_proj,v_proj for smollm2)",
     )
-    ft.add_argument("--lr", type=_positive_float, default=2e-3)
-    ft.add_argument("--epochs", type=_integer(1), default=1)
-    ft.add_argument("--batch-size", type=_integer(1), default=32)
+    ft.add_argument("--lr", type=_positive_float, default=2e-3, help="peak learning rate (AdamW, linear schedule)")
+    ft.add_argument("--epochs", type=_integer(1), default=1, help="passes over the training examples")
+    ft.add_argument("--batch-size", type=_integer(1), default=32, help="examples per step (all ranks together)")
     ft.add_argument("--max-length", type=_integer(1), default=64, help="minilm: tokens per review")
     ft.add_argument(
         "--model-dropout",
@@ -260,18 +309,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     ft.add_argument("--train-size", type=_integer(1), default=3000, help="training examples (up to the split's size)")
     ft.add_argument("--test-size", type=_integer(1), default=1000, help="test examples (up to the split's size)")
-    ft.add_argument("--seed", type=_integer(0), default=0)
+    ft.add_argument("--seed", type=_integer(0), default=0, help="random seed (data order, adapter initialisation)")
     ft.add_argument(
         "--device", choices=["cpu", "cuda"], default="cpu", help="where to train (DDP uses gloo on cpu, nccl on cuda)"
     )
-    ft.add_argument("--out", help="write the result as JSON here")
+    ft.add_argument("--out", help="write the result as JSON here (default: printed only)")
     ft.add_argument(
         "--save-adapter",
         metavar="DIR",
         help="save the trained adapter into DIR (MoRe: structmat.adapters.load_adapter/from_pretrained "
-        "read it; LoRA: PEFT's format)",
+        "read it; LoRA: PEFT's format) (default: not saved)",
     )
     ft.set_defaults(func=_finetune, check=_check_finetune, parser=ft)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     for action in args.parser._actions:  # argparse (3.11) turns "--size=--" into [] without calling the type
         if action.nargs is None and action.type is not None and isinstance(getattr(args, action.dest, None), list):

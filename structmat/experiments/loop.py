@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..progress import tqdm
+from ..progress import progress_bar
 
 Batch = dict[str, torch.Tensor]
 
@@ -91,7 +91,7 @@ def train(
     loss_fn = loss_fn or (lambda m, b: m(**b).loss)
     stats = stats if stats is not None else TrainStats()
     model.train()
-    bar = tqdm(batches, desc=desc, disable=(rank != 0) or (None if progress is None else not progress), leave=False)
+    bar = progress_bar(batches, show=False if rank != 0 else progress, desc=desc, leave=False)
     device = params[0].device
     for batch in bar:
         t0 = time.perf_counter()

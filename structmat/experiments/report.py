@@ -38,7 +38,7 @@ from ..analysis import (
     winners,
 )
 from ..analysis.curves import best_per_family, family_of
-from ..progress import tqdm
+from ..progress import progress_bar
 from ..registry import families, parse_label
 from .models import minilm_weight_matrices, smollm2_weight_matrices
 
@@ -80,7 +80,7 @@ def run_report(out_dir: str | Path = "report", quick: bool = False, progress: bo
     suite = target_suite(n) | real
     curves: dict[str, list[CurvePoint]] = {}
     stats: dict[str, dict[str, float]] = {}
-    bar = tqdm(suite.items(), desc="report", disable=None if progress is None else not progress)
+    bar = progress_bar(suite.items(), show=progress, desc="report")
     for name, W in bar:
         bar.set_postfix_str(name[:30])
         dense = W.numel()
@@ -125,7 +125,7 @@ def run_report(out_dir: str | Path = "report", quick: bool = False, progress: bo
                 fig.savefig(out / "figures" / f"{key}.{ext}")
             plt.close(fig)
 
-    recovery = recovery_table(16 if quick else 64, steps=100 if quick else 300, progress=False)
+    recovery = recovery_table(16 if quick else 64, steps=100 if quick else 300, progress=bool(progress))
     text = _markdown(curves, stats, choices, empirical, cap_shape, cap_budget, quick, time.time() - t0)
     text += _family_section(curves, stats, set(real))
     text += _recovery_section(recovery)

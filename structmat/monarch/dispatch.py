@@ -33,7 +33,7 @@ import enum
 import functools
 import importlib.util
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -84,7 +84,15 @@ def backend(name: str) -> Iterator[None]:
         _backend.reset(token)
 
 
-@torch.compiler.assume_constant_result  # under torch.compile: the backend in force when tracing
+def _assume_constant_result(fn: Callable[[], str]) -> Callable[[], str]:
+    """``torch.compiler.assume_constant_result`` without its import of ``torch._dynamo`` (about 1 s,
+    most of ``import structmat``): that decorator only sets this attribute, which dynamo reads when
+    it traces a call (``tests/monarch/test_paths.py`` checks the two mark a function alike)."""
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
+
+
+@_assume_constant_result  # under torch.compile: the backend in force when tracing
 def get_backend() -> str:
     """The backend in force: the innermost :func:`backend` context, else the environment
     variable ``STRUCTMAT_MONARCH_BACKEND``, else ``"auto"``. (Code compiled by ``torch.compile``

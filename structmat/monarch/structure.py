@@ -16,8 +16,6 @@ from functools import cached_property
 from typing import Literal
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import maximum_flow
 
 from ..checks import ceil_div, check_positive_int, check_useful_rank
 
@@ -204,6 +202,9 @@ class MonarchShape:
         through distinct rows and distinct columns: a max flow source -> chunk a (capacity
         real columns) -> group d (capacity t(d, a)) -> sink (capacity real rows).
         """
+        from scipy.sparse import csr_matrix  # lazy: scipy.sparse costs ~0.1-0.3 s at import
+        from scipy.sparse.csgraph import maximum_flow
+
         k, l = self.k, self.l
         n = k + l + 2
         src, sink = 0, n - 1

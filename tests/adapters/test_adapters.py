@@ -331,6 +331,14 @@ def test_folder_written_by_the_first_format_still_loads():
 
     folder = TESTS / "data" / "adapter_format1"
     expected = load_file(str(TESTS / "data" / "adapter_format1_logits.safetensors"))["logits"]
+    stored = load_file(str(folder / "adapter_model.safetensors"))
     model = load_adapter(tiny_bert(), folder)
-    torch.testing.assert_close(logits(model, inputs()), expected, rtol=0, atol=0)
+    # the format's promise: every stored tensor is in the model bit for bit (found by value, so
+    # that the check does not depend on how the adapter layers name their parameters)
+    params = list(model.state_dict().values())
+    missing = [k for k, t in stored.items() if not any(p.shape == t.shape and torch.equal(p, t) for p in params)]
+    assert missing == [], f"stored tensors not loaded exactly: {missing}"
+    # logits computed now vs logits stored from another machine: float32 rounding may differ
+    # (another CPU's kernels moved them by 6e-8), so a dtype tolerance, not bit equality
+    torch.testing.assert_close(logits(model, inputs()), expected)  # float32: rtol 1.3e-6, atol 1e-5
     assert read_adapter_config(folder).rank == 2

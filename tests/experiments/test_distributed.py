@@ -68,7 +68,9 @@ def test_launched_with_two_processes_equals_one(launcher, single_process, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "r.json"]  # rank 0 wrote, once
     assert run.stdout.count("accuracy") == 1  # and printed once
     result = json.loads((tmp_path / "r.json").read_text())
-    assert result["accuracy"] == expected["accuracy"]
+    # the two runs sum gradients in another order (the adapters agree to 1e-4 below, not bit for bit),
+    # so a test review whose logits sit on the decision boundary may flip: at most one of them
+    assert abs(result["accuracy"] - expected["accuracy"]) <= 1 / result["test_examples"] + 1e-12
     assert result["final_loss"] == pytest.approx(expected["final_loss"], rel=1e-5)
     adapter = read_adapter(tmp_path / "adapter").state
     assert adapter.keys() == expected_adapter.keys()

@@ -429,3 +429,18 @@ def test_cuda_backend_auto_and_more_layer_match_cpu(nblocks, rank, expected):
     torch.testing.assert_close(x_gpu.grad.cpu(), x.grad, rtol=1e-4, atol=1e-4)
     for a, b in zip(layer_gpu.monarch.parameters(), layer.monarch.parameters(), strict=True):
         torch.testing.assert_close(a.grad.cpu(), b.grad, rtol=1e-4, atol=1e-3)
+
+
+def test_get_backend_is_marked_as_assume_constant_result_marks():
+    """dispatch.py marks ``get_backend`` without importing ``torch._dynamo`` (1 s at import): the
+    mark must be what ``torch.compiler.assume_constant_result`` sets (the compile tests above
+    fail with fullgraph=True without it)."""
+
+    def probe() -> str:
+        return "auto"
+
+    before = dict(vars(probe))
+    marked = torch.compiler.assume_constant_result(probe)
+    added = {k: v for k, v in vars(marked).items() if k not in before}
+    assert added, "assume_constant_result no longer marks the function: update dispatch._assume_constant_result"
+    assert {k: getattr(get_backend, k, None) for k in added} == added

@@ -24,7 +24,11 @@ def max_abs(W: torch.Tensor) -> torch.Tensor:
     """``max |W|`` over the last two dims, shape ``(*batch, 1, 1)``, real, in the compute dtype;
     1 where ``W`` is zero (so that dividing by it is always safe)."""
     real = compute_dtype(W.dtype).to_real() if W.is_complex() else compute_dtype(W.dtype)
-    scale = W.detach().abs().amax(dim=(-2, -1), keepdim=True).to(real)
+    if W.is_complex():
+        scale = W.detach().abs().amax(dim=(-2, -1), keepdim=True).to(real)
+    else:  # without a temporary |W| as large as W
+        dims = (-2, -1)
+        scale = torch.maximum(W.detach().amax(dims, keepdim=True), -W.detach().amin(dims, keepdim=True)).to(real)
     return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
@@ -92,6 +96,7 @@ def relative_error_in_parts(W: torch.Tensor, parts: Iterable[tuple[torch.Tensor,
     num2 = torch.zeros(W.shape[:-2], dtype=torch.float64, device=W.device)
     for W_i, M_i in parts:
         num2 += frobenius_norm2(M_i.sub_(W_i))
+        del W_i, M_i  # before the next part is made: one part at a time
     return _ratio(num2, frobenius_norm2(W), W.real.dtype if W.is_complex() else W.dtype)
 
 

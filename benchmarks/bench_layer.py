@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _timing import environment, median_ratio, quiet_allocator, write_results  # noqa: E402
+from _timing import command_line, environment, median_ratio, quiet_allocator, write_results  # noqa: E402
 from bench_multiply import SHAPES, measure  # noqa: E402
 
 from structmat.adapters import MoReLinear  # noqa: E402
@@ -160,7 +160,8 @@ def main() -> None:
         f"\nworst MoRe/LoRA time ratio {worst_t:.3f} (best rounds), {worst_p:.3f} (median of rounds); "
         f"worst memory ratio {worst_m:.3f}"
     )
-    write_results(args.out, rows, " ".join(["python", "benchmarks/bench_layer.py", *sys.argv[1:]]), table(rows))
+    baseline = "PEFT's LoRA layer (rank r, the same trainable parameters) on the same frozen nn.Linear"
+    write_results(args.out, rows, command_line(), table(rows), baseline)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ def fit_lowrank(
     Either way the returned :class:`LowRank` (``batch_shape = W.shape[:-2]``, ``W``'s dtype,
     singular values split ``sqrt`` on each side) carries ``fit_error``, the achieved
     ``||W - BA||_F / ||W||_F`` measured exactly on the result (row block by row block, so that
-    no dense ``B @ A`` is made).
+    no dense ``B @ A`` is made), and ``fit_info``: the method that ran (what ``"auto"`` chose) and,
+    for ``"randomized"``, its ``oversample``, ``niter`` and ``seed``.
 
     The work is done on ``W / max|W|`` (float32 for float16/bfloat16 ``W``), so the relative
     error does not depend on the scale of ``W``. A rank above ``min(out, in)`` adds no capacity
@@ -77,6 +78,9 @@ def fit_lowrank(
         step = -(-out_f // PARTS)
         parts = ((Wn[..., i : i + step, :], B_back[..., i : i + step, :] @ A_back) for i in range(0, out_f, step))
         lowrank.fit_error = relative_error_in_parts(Wn, parts).to(W.dtype)
+    lowrank.fit_info = {"method": method}
+    if method == "randomized":
+        lowrank.fit_info |= {"oversample": oversample, "niter": niter, "seed": seed}
     return lowrank
 
 

@@ -96,19 +96,23 @@ def _active_blocks(Wn: torch.Tensor, shape: MonarchShape) -> tuple[torch.Tensor,
     return blocks[..., d_act.to(Wn.device), a_act.to(Wn.device), :, :], d_act, a_act
 
 
+def _resolve_method(method: Method, kmax: int, s: int, p: int, oversample: int, niter: int) -> str:
+    """The method ``"auto"`` stands for with ``kmax`` triplets of ``(s, p)`` blocks (others as given)."""
+    if method != "auto":
+        return method
+    # The range finder when the blocks keep few triplets of many (structmat.randomized's rule);
+    # else a Gram eigendecomposition, much cheaper than an SVD for big blocks and exact for the
+    # leading triplets (the SVD is more accurate in the tail, which we skip).
+    if prefer_randomized(kmax, s, p, oversample, niter):
+        return "randomized"
+    return "gram" if min(s, p) >= 256 and kmax <= min(s, p) // 4 else "svd"
+
+
 def _top_singular(
-    blocks: torch.Tensor, kmax: int, method: Method, oversample: int, niter: int, seed: int | None
+    blocks: torch.Tensor, kmax: int, method: str, oversample: int, niter: int, seed: int | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-``kmax`` singular triplets of a stack of (s, p) blocks: U (.., s, kmax), S, Vh."""
     s, p = blocks.shape[-2:]
-    if method == "auto":
-        # The range finder when the blocks keep few triplets of many (structmat.randomized's
-        # rule); else a Gram eigendecomposition, much cheaper than an SVD for big blocks and
-        # exact for the leading triplets (the SVD is more accurate in the tail, which we skip).
-        if prefer_randomized(kmax, s, p, oversample, niter):
-            method = "randomized"
-        else:
-            method = "gram" if min(s, p) >= 256 and kmax <= min(s, p) // 4 else "svd"
     if method == "randomized":
         return randomized_svd(blocks, kmax, oversample=oversample, niter=niter, seed=seed)
     if method == "svd":
@@ -199,7 +203,9 @@ def fit_monarch(
         ``blkdiag2 (nblocks, ceil(out/nblocks), rank)`` (or ``structure``'s shapes). Its
         ``fit_error`` holds the achieved relative error ``||W - M||_F / ||W||_F`` (shape
         ``W.shape[:-2]``), measured exactly on the returned factors, whatever the method (one
-        output group of ``M`` at a time, so that no dense copy of ``M`` is made).
+        output group of ``M`` at a time, so that no dense copy of ``M`` is made). Its
+        ``fit_info`` says which method ran (``{"method": "gram"}``; what ``"auto"`` chose), with
+        the range finder's ``oversample``, ``niter`` and ``seed`` when it was ``"randomized"``.
 
     Memory: ``W / max|W|`` (one copy of ``W``), the decomposition's own (the thin sketches for
     ``"randomized"``: 1.3x ``W`` in all at 4096x4096, nblocks 4; an exact SVD of the blocks needs
@@ -220,6 +226,7 @@ def fit_monarch(
     with torch.no_grad():
         blocks, d_act, a_act = _active_blocks(Wn, shape)  # (*batch, nact, s, p), (nact,), (nact,)
         kmax = min(int(shape.block_ranks.max()), shape.s, shape.p)
+        method = _resolve_method(method, kmax, shape.s, shape.p, oversample, niter)
         U, S, Vh = _top_singular(blocks, kmax, method, oversample, niter, seed)
         del blocks
         # U (*batch, nact, s, kmax), S (*batch, nact, kmax), Vh (*batch, nact, kmax, p)
@@ -250,6 +257,9 @@ def fit_monarch(
         # measured on the returned factors (rounded to W's dtype), brought back to W / scale
         w1, w2 = monarch.blkdiag1.to(Wn.dtype) / root, monarch.blkdiag2.to(Wn.dtype) / root
         monarch.fit_error = relative_error_in_parts(Wn, _group_parts(Wn, w1, w2, shape)).to(W.dtype)
+    monarch.fit_info = {"method": method}
+    if method == "randomized":
+        monarch.fit_info |= {"oversample": oversample, "niter": niter, "seed": seed}
     return monarch
 
 

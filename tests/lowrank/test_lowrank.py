@@ -92,5 +92,7 @@ def test_fit_lowrank_auto_follows_the_shared_rule():
     # 20 * (5 + 20) <= 512: the range finder; 20 * (6 + 20) > 512: the SVD
     assert torch.equal(fit_lowrank(W, 5, method="auto").A, fit_lowrank(W, 5, method="randomized").A)
     assert torch.equal(fit_lowrank(W, 6, method="auto").A, fit_lowrank(W, 6, method="svd").A)
+    assert fit_lowrank(W, 5, method="auto").fit_info["method"] == "randomized"
+    assert fit_lowrank(W, 6, method="auto").fit_info == {"method": "svd"}
     with pytest.raises(ValueError, match=r"method must be one of \('svd', 'randomized', 'auto'\), got 'gram'"):
         fit_lowrank(W, 2, method="gram")

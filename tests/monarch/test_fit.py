@@ -185,13 +185,15 @@ def test_auto_takes_the_range_finder_for_few_triplets_of_big_blocks():
     auto = fit_monarch(W, 2, 2)  # one triplet per block: 20 * (1 + 20) <= 512
     rnd = fit_monarch(W, 2, 2, method="randomized")
     assert torch.equal(auto.blkdiag1, rnd.blkdiag1) and torch.equal(auto.blkdiag2, rnd.blkdiag2)
+    assert auto.fit_info == {"method": "randomized", "oversample": 20, "niter": 4, "seed": 0}
     # rank 12 keeps six of each: 20 * (6 + 20) > 512, so auto stays exact (gram)
-    assert fit_monarch(W, 2, 12).fit_error.item() == pytest.approx(
-        fit_monarch(W, 2, 12, method="svd").fit_error.item(), rel=1e-6
-    )
+    exact = fit_monarch(W, 2, 12)
+    assert exact.fit_info == {"method": "gram"}
+    assert exact.fit_error.item() == pytest.approx(fit_monarch(W, 2, 12, method="svd").fit_error.item(), rel=1e-6)
     small = spectrum_suite(128, 128)["gaussian"]  # blocks of 32: exact
     optimum = independent_monarch_optimum(small, 4, 4)
-    assert fit_monarch(small, 4, 4).fit_error.item() == pytest.approx(optimum, rel=1e-10)
+    fitted = fit_monarch(small, 4, 4)
+    assert fitted.fit_info == {"method": "svd"} and fitted.fit_error.item() == pytest.approx(optimum, rel=1e-10)
 
 
 def test_bad_method_is_named_with_the_choices():

@@ -122,7 +122,9 @@ def machine() -> str:
 def environment() -> str:
     """Machine, torch version and thread count, and the CPU allocator (last)."""
     threads = torch.get_num_threads()
-    return f"{machine()}; torch {torch.__version__}, {threads} CPU threads; CPU allocator: {_ALLOCATOR}"
+    forced = os.environ.get("STRUCTMAT_MONARCH_BACKEND")
+    backend = f"; Monarch backend forced: STRUCTMAT_MONARCH_BACKEND={forced}" if forced else ""
+    return f"{machine()}; torch {torch.__version__}, {threads} CPU threads{backend}; CPU allocator: {_ALLOCATOR}"
 
 
 def command_line() -> str:

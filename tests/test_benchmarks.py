@@ -76,6 +76,31 @@ def test_bench_fit_rows_hold_time_error_and_memory(tmp_path):
     assert sum(r.get("auto", False) for r in rows if r["fit"] == "monarch") == 1  # auto names one method
 
 
+@pytest.mark.heavy
+def test_gpu_check_dry_run_runs_every_step_on_cpu(tmp_path):
+    """The GPU check rehearsed on CPU (tiny sizes, no Triton), so that it does not rot without a GPU."""
+    out = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh"), "--dry-run", "--out-dir", str(tmp_path)],
+        env=os.environ | {"PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    steps = json.loads((tmp_path / "gpu_check_cpu-dry-run.json").read_text())["steps"]
+    assert [s["step"] for s in steps] == [
+        "CUDA tests (pytest -k cuda)",
+        "fits on cpu (1/1)",
+        "layer float32 torch",
+        "layer bfloat16 torch",
+    ]
+    assert all(s["status"] == "ok" for s in steps), steps
+    for name in ("bench_fit_cpu_cpu-dry-run", "bench_layer_cpu_cpu-dry-run_bfloat16_torch"):
+        assert json.loads((tmp_path / f"{name}.json").read_text())["rows"], name
+        check_header((tmp_path / f"{name}.md").read_text(), name.split("_cpu")[0] + ".py")
+    assert "bfloat16" in (tmp_path / "bench_layer_cpu_cpu-dry-run_bfloat16_torch.md").read_text()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
 def test_quiet_allocator_takes_effect_and_is_reported():
     code = "import _timing; print(_timing.quiet_allocator()); print(_timing.environment())"

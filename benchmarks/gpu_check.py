@@ -8,7 +8,7 @@ Each step runs in its own process under its own time budget (``steps()``; cut to
 the total), so one slow step cannot eat the others'; a step over its budget is stopped and
 reported, and the next one starts. Results go to ``benchmarks/results/`` (``--out-dir``) with
 the device's name in the file names, written as each step ends (bench_fit also after each
-matrix): ``gpu_check_<device>.{md,json}`` (what ran, status, seconds, files),
+row): ``gpu_check_<device>.{md,json}`` (what ran, status, seconds),
 ``bench_fit_cuda_<device>.*`` and ``bench_fit_cuda_<device>_8192.*`` (time against one
 ``torch.linalg.svd``, error ratio to the optimum and ``torch.cuda.max_memory_allocated`` of every
 fit), ``bench_layer_cuda_<device>_<dtype>_<path>.*`` (MoRe vs PEFT's LoRA, memory from

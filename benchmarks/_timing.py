@@ -1,11 +1,15 @@
-"""Timing helpers shared by the benchmarks (wall clock, CUDA-synchronised, best of N, interleaved)."""
+"""Timing helpers shared by the benchmarks (wall clock, CUDA-synchronised, best of N, interleaved),
+and the header every results table carries (command, machine, threads, baseline)."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import json
+import os
 import pathlib
+import platform
+import shlex
 import statistics
 import sys
 import time
@@ -96,14 +100,54 @@ def quiet_allocator() -> str:
     return _ALLOCATOR
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine() -> str:
+    """The machine a result comes from: CPU model and logical cores, and the GPU (or none)."""
+    cpu = f"CPU {cpu_model()} ({os.cpu_count()} logical cores)"
+    if not torch.cuda.is_available():
+        return f"{cpu}, no CUDA GPU"
+    return f"{cpu}, GPU {torch.cuda.get_device_name()} (CUDA {torch.version.cuda}, {torch.cuda.device_count()} visible)"
+
+
 def environment() -> str:
+    """Machine, torch version and thread count, and the CPU allocator (last)."""
     threads = torch.get_num_threads()
-    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA"
-    return f"torch {torch.__version__}, {threads} CPU threads, {dev}; CPU allocator: {_ALLOCATOR}"
+    forced = os.environ.get("STRUCTMAT_MONARCH_BACKEND")
+    backend = f"; Monarch backend forced: STRUCTMAT_MONARCH_BACKEND={forced}" if forced else ""
+    return f"{machine()}; torch {torch.__version__}, {threads} CPU threads{backend}; CPU allocator: {_ALLOCATOR}"
 
 
-def write_results(out: str | pathlib.Path, rows: list[dict], command: str, table: str) -> None:
-    """``out`` (.json) with the environment and rows, and beside it (.md) the command and table."""
+def command_line() -> str:
+    """The command that is running, as typed from the repository root (``python benchmarks/x.py --a b``)."""
+    script = pathlib.Path(sys.argv[0]).resolve()
+    root = pathlib.Path(__file__).resolve().parent.parent
+    shown = script.relative_to(root) if script.is_relative_to(root) else script
+    return shlex.join(["python", str(shown), *sys.argv[1:]])
+
+
+def header(command: str, baseline: str) -> str:
+    """What every results table states above it: the command, the machine with its threads, and the
+    baseline its ratios are against, measured in the same run (markdown, lines ending in two spaces)."""
+    return f"Command: `{command}`  \nEnvironment: {environment()}  \nBaseline (measured in the same run): {baseline}\n"
+
+
+def write_results(
+    out: str | pathlib.Path, rows: list[dict], command: str, table: str, baseline: str, **extra: object
+) -> None:
+    """``out`` (.json) with the environment, baseline, ``extra`` and rows, and beside it (.md) the
+    :func:`header` and table."""
     out = pathlib.Path(out)
-    out.with_suffix(".json").write_text(json.dumps({"env": environment(), "rows": rows}, indent=1))
-    out.with_suffix(".md").write_text(f"Command: `{command}`  \nEnvironment: {environment()}\n\n{table}\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"env": environment(), "command": command, "baseline": baseline, **extra, "rows": rows}
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    out.with_suffix(".md").write_text(f"{header(command, baseline)}\n{table}\n")

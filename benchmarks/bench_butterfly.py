@@ -32,7 +32,7 @@ import scipy.linalg
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _timing import environment, sync, write_results  # noqa: E402
+from _timing import command_line, environment, sync, write_results  # noqa: E402
 
 from structmat import fit_butterfly  # noqa: E402
 
@@ -162,13 +162,14 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device here")
     print(environment(), f"load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "")
-    command = "python benchmarks/bench_butterfly.py " + " ".join(sys.argv[1:])
+    command = command_line()
     if args.relaxation:
         device = "cuda" if args.device == "cuda" else "cpu"
         rows = relaxation(device, args.sizes or [8, 16, 32])
         out = pathlib.Path(args.out)
         out = out.with_name(out.stem + "_relaxation.json") if out.stem == "bench_butterfly" else out
-        write_results(out, rows, command.strip(), relaxation_table(rows))
+        baseline = "none: errors are absolute, against the dense transform (recovered: fit_info's test)"
+        write_results(out, rows, command, relaxation_table(rows), baseline)
         return
     rows = []
     if args.device in ("cpu", "all"):
@@ -177,7 +178,12 @@ def main() -> None:
         rows += run("cuda", args.sizes or [1024], not args.no_baseline, args.targets)
     load = f"1-minute load average at the end: {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_results(args.out, rows, command.strip(), table(rows, not args.no_baseline) + f"\n\n{load}")
+    baseline = (
+        "none (--no-baseline)"
+        if args.no_baseline
+        else "the fit with the structure fixed (learn_perm=False, same step budgets; its columns on the right)"
+    )
+    write_results(args.out, rows, command, table(rows, not args.no_baseline) + f"\n\n{load}", baseline)
 
 
 if __name__ == "__main__":

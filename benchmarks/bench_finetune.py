@@ -26,7 +26,7 @@ import time
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _timing import environment  # noqa: E402
+from _timing import command_line, environment, header  # noqa: E402
 
 from structmat.experiments.classify import FinetuneConfig, run_classification  # noqa: E402
 from structmat.experiments.data import (
@@ -146,9 +146,9 @@ def main() -> None:
         "seconds": time.time() - t_start,
     }
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    baseline = "LoRA rank 8 on the same targets (columns 'x LoRA-r8')"
     out.with_suffix(".md").write_text(
-        f"Command: `python benchmarks/bench_finetune.py{' --quick' if args.quick else ''}`  \n"
-        f"Environment: {environment()}  \nLearning rates chosen on validation: {chosen}\n\n{table}\n"
+        f"{header(command_line(), baseline)}Learning rates chosen on validation: {chosen}\n\n{table}\n"
     )
 
 

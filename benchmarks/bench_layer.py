@@ -3,6 +3,7 @@
     python benchmarks/bench_layer.py            # all shapes, tokens 512 and 4096, rank 1/4/8
     python benchmarks/bench_layer.py --quick
     python benchmarks/bench_layer.py --shape 768x768 --tokens 512 --rank 8   # one row again
+    STRUCTMAT_MONARCH_BACKEND=triton python benchmarks/bench_layer.py --device cuda --dtype bfloat16
 
 Both wrap the same frozen ``nn.Linear``; MoRe has nblocks 4 and block rank r, LoRA rank r
 (both ``r*(in+out)`` trainable parameters). Forward+backward with an input that requires
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _timing import environment, median_ratio, quiet_allocator, write_results  # noqa: E402
+from _timing import command_line, environment, median_ratio, quiet_allocator, write_results  # noqa: E402
 from bench_multiply import SHAPES, measure  # noqa: E402
 
 from structmat.adapters import MoReLinear  # noqa: E402
@@ -79,7 +80,8 @@ def table(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['device']} | {r['in']}x{r['out']} | {r['tokens']} | {r['rank']} ({r['params_more']:,d}) | "
+            f"| {r['device']} {r.get('dtype', 'float32')} | {r['in']}x{r['out']} | {r['tokens']} | "
+            f"{r['rank']} ({r['params_more']:,d}) | "
             f"{r['more_s'] * 1e3:.1f} | {r['lora_s'] * 1e3:.1f} | {r['time_ratio']:.3f} | "
             f"{r['time_ratio_median']:.3f} | {r['mem_ratio']:.3f} |"
         )
@@ -93,18 +95,23 @@ def main() -> None:
     ap.add_argument("--shape", action="append", type=parse_shape, help="INxOUT, e.g. 768x768 (repeatable)")
     ap.add_argument("--tokens", action="append", type=positive_int, help="token count (repeatable)")
     ap.add_argument("--rank", action="append", type=positive_int, help="rank (repeatable)")
+    ap.add_argument("--device", choices=["all", "cpu", "cuda"], default="all", help="all: CPU, and CUDA when present")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="layer and input")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "bench_layer.json"))
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device here (torch.cuda.is_available() is False)")
+    dtype = getattr(torch, args.dtype)
     if not args.system_malloc:
         quiet_allocator()
     shapes, tokens_list, ranks = (SHAPES[:2], [512], [1, 4]) if args.quick else (SHAPES, [512, 4096], [1, 4, 8])
     shapes, tokens_list, ranks = args.shape or shapes, args.tokens or tokens_list, args.rank or ranks
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = [d for d in ("cpu", "cuda") if args.device in (d, "all") and (d == "cpu" or torch.cuda.is_available())]
     print(environment())
     rows = []
     for device in devices:
         for in_f, out_f in shapes:
-            base = nn.Linear(in_f, out_f, device=device).requires_grad_(False)
+            base = nn.Linear(in_f, out_f, device=device, dtype=dtype).requires_grad_(False)
             for rank in ranks:
                 more = MoReLinear(base, nblocks=4, rank=rank)
                 with torch.no_grad():
@@ -115,7 +122,7 @@ def main() -> None:
                 grads_more = sum(p.numel() * p.element_size() for p in more.parameters() if p.requires_grad)
                 grads_lora = sum(p.numel() * p.element_size() for p in lora.parameters() if p.requires_grad)
                 for tokens in tokens_list:
-                    x = torch.randn(tokens, in_f, device=device, requires_grad=True)
+                    x = torch.randn(tokens, in_f, device=device, dtype=dtype, requires_grad=True)
                     res = measure(
                         {"more": more, "lora": lora},
                         x,
@@ -130,6 +137,7 @@ def main() -> None:
                         mem_m, mem_l = mem_m + grads_more, mem_l + grads_lora
                     row = {
                         "device": device,
+                        "dtype": args.dtype,
                         "in": in_f,
                         "out": out_f,
                         "tokens": tokens,
@@ -160,7 +168,8 @@ def main() -> None:
         f"\nworst MoRe/LoRA time ratio {worst_t:.3f} (best rounds), {worst_p:.3f} (median of rounds); "
         f"worst memory ratio {worst_m:.3f}"
     )
-    write_results(args.out, rows, " ".join(["python", "benchmarks/bench_layer.py", *sys.argv[1:]]), table(rows))
+    baseline = "PEFT's LoRA layer (rank r, the same trainable parameters) on the same frozen nn.Linear"
+    write_results(args.out, rows, command_line(), table(rows), baseline)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _timing import environment, interleaved_rounds, quiet_allocator, write_results  # noqa: E402
+from _timing import command_line, environment, interleaved_rounds, quiet_allocator, write_results  # noqa: E402
 
 from structmat import LowRank, Monarch  # noqa: E402
 from structmat.experiments.loop import saved_tensor_bytes  # noqa: E402
@@ -159,7 +159,8 @@ def main() -> None:
         rows += run("cuda", shapes, tokens, ranks, min_seconds)
     worst = max(r["time_ratio"] for r in rows if r["case"] == "structmat Monarch")
     print(f"\nworst structmat Monarch / bmm reference time ratio: {worst:.3f}")
-    write_results(args.out, rows, " ".join(["python", "benchmarks/bench_multiply.py", *sys.argv[1:]]), table(rows))
+    baseline = "the bmm reference written here from docs/monarch-math.md (in ms; other columns: multiples of it)"
+    write_results(args.out, rows, command_line(), table(rows), baseline)
 
 
 if __name__ == "__main__":

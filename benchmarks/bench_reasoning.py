@@ -33,7 +33,7 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _timing import environment  # noqa: E402
+from _timing import command_line, environment, header  # noqa: E402
 
 from structmat.experiments.bigbench import LICENSE, load_bigbench  # noqa: E402
 from structmat.experiments.causal import QKV, CausalConfig, exact_match, run_causal  # noqa: E402
@@ -143,8 +143,8 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps({"env": env, "args": vars(args), "selection": selection}))
         out.with_suffix(".md").write_text(
-            f"Command: `python benchmarks/bench_reasoning.py --select-lr --task {args.task}`  \n"
-            f"Environment: {env}  \n{train_size} training / {len(test)} validation examples (both from the "
+            f"{header(command_line(), 'none: validation exact match per learning rate')}Device: {args.device}  \n"
+            f"{train_size} training / {len(test)} validation examples (both from the "
             f"training split), seed 0, q,k,v\n\n{text}\n"
         )
         return
@@ -201,10 +201,10 @@ def main() -> None:
     meta = {"env": env, "args": vars(args), "lr": lrs, "exact_match_before": before, "runs": rows}
     meta |= {"summary": summary, "seconds": seconds, "license": LICENSE}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
-    flags = "".join(f" {a}" for a in sys.argv[1:])
+    baseline = "LoRA rank 8 on the same targets (columns 'x LoRA-r8')"
     out.with_suffix(".md").write_text(
-        f"Command: `python benchmarks/bench_reasoning.py{flags}`  \n"
-        f"Environment: {env}  \nBIG-bench {args.task}: {train_size} training examples x {epochs} epoch(s), "
+        f"{header(command_line(), baseline)}Device: {args.device}  \n"
+        f"BIG-bench {args.task}: {train_size} training examples x {epochs} epoch(s), "
         f"{len(test)} test examples, seeds {args.seeds}, batch {args.batch_size}; base model exact match "
         f"{before:.3f}; learning rates {lrs}; {seconds:.0f} s\n\n{table}\n"
     )

@@ -25,7 +25,7 @@ import sys
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _timing import environment  # noqa: E402
+from _timing import command_line, environment, header  # noqa: E402
 from bench_multiply import SHAPES, reference_bmm  # noqa: E402
 
 from structmat import Monarch  # noqa: E402
@@ -271,8 +271,8 @@ def main() -> None:
     launch_overhead(big, 2 if args.smoke else 1000)
     out = pathlib.Path(args.out)
     out.write_text(json.dumps({"env": environment(), "config": config, "rows": rows}, indent=1))
-    command = " ".join(["python", "benchmarks/bench_triton.py", *sys.argv[1:]])
-    out.with_suffix(".md").write_text(f"Command: `{command}`  \nEnvironment: {environment()}\n\n{markdown(rows)}\n")
+    baseline = "the bmm reference of bench_multiply.py (ratios: times faster than it); floor: bytes / copy bandwidth"
+    out.with_suffix(".md").write_text(f"{header(command_line(), baseline)}\n{markdown(rows)}\n")
     key = [r for r in rows if r["shape"] == f"{big}x{big}" and r["tokens"] == tokens[-1] and r["nblocks"] == 4]
     key = [r for r in key if r["dtype"] == "float32"]
     worst = min(r["bmm reference"] / r["structmat Triton"] for r in key)

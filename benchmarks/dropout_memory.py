@@ -5,10 +5,16 @@ Counts the bytes of every tensor autograd saves during one forward (``saved_tens
 storage by storage, so a tensor saved twice counts once. Deterministic; no timing.
 """
 
+import pathlib
+import sys
+
 import torch
 from torch import nn
 
-from structmat.adapters import MoReConfig, apply_more
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from _timing import command_line, header  # noqa: E402
+
+from structmat.adapters import MoReConfig, apply_more  # noqa: E402
 
 
 def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
@@ -25,6 +31,7 @@ def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
 
 def main() -> None:
     tokens, in_f, out_f = 4096, 768, 3072
+    print(header(command_line(), "dropout on the input (LoRA's placement, structmat's default), same run"))
     print(f"| dropout position | saved for backward (MB), {tokens} tokens, {in_f}x{out_f}, rank 8, p=0.1 |")
     print("|---|---|")
     for position in ("input", "output"):

@@ -309,3 +309,27 @@ DENSE_REFERENCES = _references()  # module class -> independent reference (tests
 def dense_reference(op) -> torch.Tensor:
     """The dense matrix of any built-in structure, from its own independent reference above."""
     return DENSE_REFERENCES[type(op)](op)
+
+
+# -- test matrices for the randomized fits: flat, low rank plus noise, decaying spectra ----------
+
+
+def spectrum_suite(out_f: int, in_f: int, seed: int = 0, dtype=torch.float64) -> dict[str, torch.Tensor]:
+    """Name -> ``(out_f, in_f)`` matrix with a known kind of spectrum: Gaussian (flat, the hardest
+    for a range finder to single out a direction), low rank 16 plus 10% noise, and singular values
+    ``1/i`` and ``exp(-i/10)`` on random singular vectors."""
+    g = torch.Generator().manual_seed(seed)
+    n = min(out_f, in_f)
+    U, _ = torch.linalg.qr(torch.randn(out_f, n, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(in_f, n, generator=g, dtype=torch.float64))
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    low = torch.randn(out_f, 16, generator=g, dtype=torch.float64)
+    low = low @ torch.randn(16, in_f, generator=g, dtype=torch.float64)
+    noise = torch.randn(out_f, in_f, generator=g, dtype=torch.float64)
+    mats = {
+        "gaussian": torch.randn(out_f, in_f, generator=g, dtype=torch.float64),
+        "low rank 16 + noise": low / low.norm() + 0.1 * noise / noise.norm(),
+        "1/i": (U / i) @ V.T,
+        "exp(-i/10)": (U * torch.exp(-(i - 1) / 10)) @ V.T,
+    }
+    return {name: W.to(dtype) for name, W in mats.items()}

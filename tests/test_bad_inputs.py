@@ -288,13 +288,17 @@ SPECS: dict[str, Spec] = {
     "dft_butterfly": Spec(structmat.dft_butterfly, {"n": lambda: 8, "normalized": lambda: True}, check_dft),
     "fit_monarch": Spec(
         structmat.fit_monarch,
-        VALID_W | {"nblocks": lambda: 2, "rank": lambda: 2, "method": lambda: "svd"},
+        VALID_W
+        | {"nblocks": lambda: 2, "rank": lambda: 2, "method": lambda: "randomized"}
+        | {"oversample": lambda: 2, "niter": lambda: 1, "seed": lambda: 0},
         check_fit,
         names=("in_features", "out_features"),
     ),
     "fit_lowrank": Spec(
         structmat.fit_lowrank,
-        VALID_W | {"rank": lambda: 2, "method": lambda: "randomized", "oversample": lambda: 2, "niter": lambda: 1},
+        VALID_W
+        | {"rank": lambda: 2, "method": lambda: "randomized", "oversample": lambda: 2, "niter": lambda: 1}
+        | {"seed": lambda: 0},
         check_fit,
     ),
     "fit_butterfly": Spec(

@@ -27,7 +27,7 @@ def test_bench_multiply_reference_is_correct():
 @pytest.mark.parametrize(
     "args",
     [
-        ["bench_fit.py", "--sizes", "64", "--repeats", "1"],
+        ["bench_fit.py", "--quick"],
         ["bench_butterfly.py", "--sizes", "16", "--device", "cpu", "--targets", "DCT-II", "Gaussian"],
         ["bench_multiply.py", "--quick"],
         ["bench_layer.py", "--quick"],
@@ -46,6 +46,59 @@ def test_benchmark_smoke(args, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "r.json").is_file()
+    check_header((tmp_path / "r.md").read_text(), args[0])
+
+
+def check_header(md: str, script: str) -> None:
+    """A results table states its command, machine and threads, and its baseline (#29 item 4)."""
+    lines = md.splitlines()
+    assert lines[0].startswith(f"Command: `python benchmarks/{script}"), lines[0]
+    assert lines[1].startswith("Environment: CPU ") and " CPU threads" in lines[1], lines[1]
+    assert lines[2].startswith("Baseline (measured in the same run): ") and len(lines[2]) > 40, lines[2]
+
+
+def test_bench_fit_rows_hold_time_error_and_memory(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "bench_fit.py"), "--quick", "--out", str(tmp_path / "f.json")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "f.json").read_text())["rows"]
+    assert rows[0]["case"] == "torch.linalg.svd(W)" and rows[0]["x_svd"] == 1.0
+    methods = {(r["fit"], r.get("method")) for r in rows}
+    assert {("monarch", "svd"), ("monarch", "gram"), ("monarch", "randomized"), ("lowrank", "randomized")} <= methods
+    for r in rows:
+        assert r["seconds"] > 0 and r["peak_bytes"] >= 0 and "VmHWM" in r["memory"]
+        if r["fit"] != "svd":
+            assert 1 - 1e-6 <= r["error_ratio"] <= 1.01, r  # fit_error against the optimum
+    assert sum(r.get("auto", False) for r in rows if r["fit"] == "monarch") == 1  # auto names one method
+
+
+@pytest.mark.heavy
+def test_gpu_check_dry_run_runs_every_step_on_cpu(tmp_path):
+    """The GPU check rehearsed on CPU (tiny sizes, no Triton), so that it does not rot without a GPU."""
+    out = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh"), "--dry-run", "--out-dir", str(tmp_path)],
+        env=os.environ | {"PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    steps = json.loads((tmp_path / "gpu_check_cpu-dry-run.json").read_text())["steps"]
+    assert [s["step"] for s in steps] == [
+        "CUDA tests (pytest -k cuda)",
+        "fits on cpu (1/1)",
+        "layer float32 torch",
+        "layer bfloat16 torch",
+    ]
+    assert all(s["status"] == "ok" for s in steps), steps
+    for name in ("bench_fit_cpu_cpu-dry-run", "bench_layer_cpu_cpu-dry-run_bfloat16_torch"):
+        assert json.loads((tmp_path / f"{name}.json").read_text())["rows"], name
+        check_header((tmp_path / f"{name}.md").read_text(), name.split("_cpu")[0] + ".py")
+    assert "bfloat16" in (tmp_path / "bench_layer_cpu_cpu-dry-run_bfloat16_torch.md").read_text()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")

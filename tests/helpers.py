@@ -62,12 +62,12 @@ def tiny_gpt2(seed: int = 0, dtype=torch.float32):
     return GPT2LMHeadModel(cfg).to(dtype).eval()
 
 
-def tiny_llama(seed: int = 0, dtype=torch.float32, tie_word_embeddings: bool = False):
+def tiny_llama(seed: int = 0, dtype=torch.float32, tie_word_embeddings: bool = False, hidden_size: int = 32):
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -104,7 +104,7 @@ def randomize_adapter(model, seed: int = 0, scale: float = 0.1) -> None:
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
 
 
-# -- the Trainer on a tiny BERT (tests/adapters/test_workflow.py, trainer_worker.py) ---------
+# -- the Trainer on a tiny BERT (tests/adapters/test_workflow.py, test_probe.py, trainer_worker.py) --
 
 
 def labelled_data(n=32, seed=1):
@@ -116,10 +116,11 @@ def labelled_data(n=32, seed=1):
     ]
 
 
-def more_trainer(model, out_dir, **overrides):
-    from transformers import TrainingArguments
-
-    from structmat.adapters import MoReTrainer
+def adapter_trainer(model, out_dir, **overrides):
+    """The plain transformers ``Trainer`` on ``model`` (a ``PeftModel`` from
+    ``peft.get_peft_model(model, MoReConfig(...))``, or a model adapted in place by ``apply_more``):
+    8 steps of 8 examples, a checkpoint every 4 steps."""
+    from transformers import Trainer, TrainingArguments
 
     settings = dict(
         output_dir=str(out_dir), max_steps=8, per_device_train_batch_size=8, learning_rate=2e-2,
@@ -128,7 +129,7 @@ def more_trainer(model, out_dir, **overrides):
     )  # fmt: skip
     settings.update(overrides)
     data = labelled_data()
-    return MoReTrainer(model=model, args=TrainingArguments(**settings), train_dataset=data, eval_dataset=data)
+    return Trainer(model=model, args=TrainingArguments(**settings), train_dataset=data, eval_dataset=data)
 
 
 # -- the optimal Monarch projection error, block by block with numpy (docs/monarch-math.md) ----

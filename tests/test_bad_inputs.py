@@ -371,19 +371,38 @@ SPECS: dict[str, Spec] = {
     ),
     "MoReConfig": Spec(
         adapters.MoReConfig,
-        {"target_modules": lambda: ["query"], "nblocks": lambda: 4, "rank": lambda: 2, "dropout": lambda: 0.0},
+        {"target_modules": lambda: ["query"], "nblocks": lambda: 4, "rank": lambda: 2, "dropout": lambda: 0.0}
+        | {"structure": lambda: "monarch", "init_weights": lambda: True, "rank_pattern": lambda: {}},
     ),
     "MoReLinear": Spec(
-        adapters.MoReLinear,
-        {"base_layer": lambda: nn.Linear(8, 8), "nblocks": lambda: 2, "rank": lambda: 1, "dropout": lambda: 0.0},
-        names=("in_features", "out_features"),
+        lambda base_layer, adapter_name, structure, dropout: adapters.MoReLinear(
+            base_layer,
+            adapter_name,
+            structure=structure,
+            dropout=dropout,
+            settings={"rank": 1, "nblocks": 2, "layout": "structmat", "structure_options": {}},
+        ),  # fmt: skip
+        {"base_layer": lambda: nn.Linear(8, 8), "adapter_name": lambda: "default", "structure": lambda: "monarch"}
+        | {"dropout": lambda: 0.0},
+        names=("in_features", "out_features", "base_layer"),
     ),
-    "ModulesToSaveWrapper": Spec(
-        adapters.ModulesToSaveWrapper, {"module": lambda: nn.Linear(4, 2), "adapter_name": lambda: "default"}
+    "MoReModel": Spec(
+        lambda model, config: adapters.MoReModel(model, config, "default"),
+        {"model": tiny_bert, "config": lambda: adapters.MoReConfig(target_modules=["query"], rank=1)},
+        names=("peft_config", "MoReConfig"),
+    ),
+    "allow_nonfinite_weights": Spec(adapters.allow_nonfinite_weights, {}, context=True),
+    "to_lora": Spec(
+        adapters.to_lora,
+        {"model": adapted, "path": lambda: tempfile.mkdtemp(), "adapter_name": lambda: "default"},
     ),
     "add_adapter": Spec(
         adapters.add_adapter,
-        {"model": adapted, "adapter_name": lambda: "second", "config": lambda: adapters.MoReConfig(["query"], rank=1)},
+        {
+            "model": adapted,
+            "adapter_name": lambda: "second",
+            "config": lambda: adapters.MoReConfig(target_modules=["query"], rank=1),
+        },
     ),
     "active_adapter": Spec(adapters.active_adapter, {"model": adapted}),
     "list_adapters": Spec(adapters.list_adapters, {"model": adapted}),
@@ -414,7 +433,6 @@ SPECS: dict[str, Spec] = {
     ),
     "load_adapters": Spec(adapters.load_adapters, {"model": tiny_bert, "path": saved_adapter_dir}),
     "from_pretrained": Spec(adapters.from_pretrained, {"path": saved_adapter_dir}, skip_args=("path",)),
-    "MoReTrainer": Spec(lambda model: adapters.MoReTrainer(model=model), {"model": adapted}),
     "MonarchLinear": Spec(
         adapters.MonarchLinear, {"monarch": lambda: structmat.Monarch(8, 8, 2, 1), "bias": lambda: torch.zeros(8)}
     ),

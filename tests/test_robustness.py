@@ -223,7 +223,7 @@ def test_errors_the_issue_listed():
         apply_more(tiny_bert(), target_modules=5)
     for layer in (torch.nn.Conv2d(4, 4, 3), torch.nn.Bilinear(4, 4, 4), torch.nn.Embedding(10, 8)):
         with pytest.raises(TypeError, match="base_layer must be an nn.Linear or a transformers Conv1D"):
-            MoReLinear(layer, 2, 1)
+            MoReLinear(layer, nblocks=2, rank=1)
     with pytest.raises(ValueError, match="n must be a power of two >= 16, got 8"):
         analysis.target_suite(8)
     for spectra in ({"a": torch.tensor([])}, {"a": torch.randn(3, 3)}, {}):

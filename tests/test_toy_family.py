@@ -151,8 +151,26 @@ def test_curves_plot_and_report_tables():
     assert "toy rows" in analysis.transforms.recovery_columns()
 
 
-def test_adapter_step():
-    pytest.skip(
-        "TODO(#28 item 3): one adapter training step with the toy family arrives with the "
-        "structure-generic adapter (it will build the update with StructureFamily.build_update)"
-    )
+def test_adapter_step(tmp_path):
+    """The toy family is an adapter too: a tiny BERT with "rows" updates trains a step, merges,
+    and saves and loads, with no edit in structmat.adapters."""
+    from helpers import inputs, logits, tiny_bert
+
+    from structmat.adapters import apply_more, load_adapter, merge, more_layers, save_adapter, unmerge
+
+    model = apply_more(tiny_bert(), ["query", "value"], rank=2, structure="rows")
+    layer = next(iter(more_layers(model).values()))
+    assert isinstance(layer.more_update["default"], Rows)
+    torch.testing.assert_close(logits(model, inputs()), logits(tiny_bert(), inputs()), rtol=0, atol=0)  # starts at 0
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model.train()
+    model(**inputs(), labels=torch.tensor([0, 1, 0])).loss.backward()
+    opt.step()
+    model.eval()
+    assert layer.more_update["default"].R.abs().sum() > 0  # the update trained
+    trained = logits(model, inputs())
+    merge(model)
+    torch.testing.assert_close(logits(model, inputs()), trained, rtol=1e-5, atol=1e-6)
+    unmerge(model)
+    save_adapter(model, tmp_path)
+    torch.testing.assert_close(logits(load_adapter(tiny_bert(), tmp_path), inputs()), trained, rtol=0, atol=0)

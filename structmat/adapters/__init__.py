@@ -1,14 +1,12 @@
-"""MoRe adapters for transformers models, with PEFT's vocabulary, and the PEFT LoRA baseline.
+"""MoRe adapters for transformers models: a PEFT method, and a small functional API.
 
-``MoReTrainer`` (the Hugging Face ``Trainer`` with adapter-only checkpoints) is imported on first
-use, so that ``import structmat.adapters`` does not import the ``Trainer`` machinery.
+``import structmat.adapters`` registers MoRe with PEFT (``peft_type="MORE"``), so that
+``peft.get_peft_model(model, MoReConfig(...))``, ``PeftModel.from_pretrained``, the transformers
+``Trainer`` and TRL work as for LoRA. :func:`apply_more` does the same in place (like
+``peft.inject_adapter_in_model``); the functions below take either kind of model.
 """
 
-from .config import MoReConfig
-from .io import from_pretrained, load_adapter, load_adapters, read_adapter_config, save_adapter
-from .layer import MoReLinear
-from .lora import apply_lora
-from .model import (
+from .api import (
     active_adapter,
     add_adapter,
     apply_more,
@@ -25,18 +23,26 @@ from .model import (
     unload,
     unmerge,
 )
+from .config import MoReConfig
+from .export import to_lora
+from .io import from_pretrained, load_adapter, load_adapters, read_adapter_config, save_adapter
+from .layer import MoReLinear, allow_nonfinite_weights
+from .lora import apply_lora
+from .model import MoReModel
+from .peft_registration import register as _register
 from .reference import import_reference_checkpoint
 from .replace import MonarchLinear, replace_with_monarch
-from .saved_modules import ModulesToSaveWrapper
+
+_register(MoReConfig, MoReModel)
 
 __all__ = [
     "MoReConfig",
     "MoReLinear",
-    "MoReTrainer",
-    "ModulesToSaveWrapper",
+    "MoReModel",
     "MonarchLinear",
     "active_adapter",
     "add_adapter",
+    "allow_nonfinite_weights",
     "apply_lora",
     "apply_more",
     "count_parameters",
@@ -56,14 +62,7 @@ __all__ = [
     "replace_with_monarch",
     "save_adapter",
     "set_adapter",
+    "to_lora",
     "unload",
     "unmerge",
 ]
-
-
-def __getattr__(name: str):
-    if name == "MoReTrainer":
-        from .trainer import MoReTrainer
-
-        return MoReTrainer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

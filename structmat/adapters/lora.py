@@ -8,7 +8,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..checks import check_positive_float, check_positive_int
-from .targets import TargetSpec, resolve_modules_to_save, resolve_targets
+from .targets import TargetSpec, check_target_spec, resolve_modules_to_save, resolve_targets
 
 
 def apply_lora(
@@ -24,16 +24,14 @@ def apply_lora(
 ) -> nn.Module:
     """PEFT LoRA on the layers :func:`apply_more` would wrap; returns the ``PeftModel``.
 
-    ``alpha`` defaults to ``2 * rank`` (update scaling 2, a common choice). Requires ``peft``
-    (``pip install structmat[baselines]``). ``init_lora_weights`` goes to PEFT's ``LoraConfig``:
+    ``alpha`` defaults to ``2 * rank`` (update scaling 2, a common choice). ``init_lora_weights``
+    goes to PEFT's ``LoraConfig``:
     ``"pissa"`` starts LoRA at the weight's principal singular vectors with the residual frozen
     (the low-rank counterpart of ``MoReConfig(init="projection")``).
     """
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:  # pragma: no cover - exercised only without peft
-        raise ImportError("apply_lora needs peft: pip install 'structmat[baselines]' (or pip install peft)") from None
-    from .model import _check_target_spec, unwrap_model
+    from peft import LoraConfig, get_peft_model
+
+    from .api import unwrap_model
 
     unwrap_model(model)  # checks that model is a Module
     check_positive_int("rank", rank)
@@ -41,8 +39,8 @@ def apply_lora(
         check_positive_float("alpha", alpha)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-    _check_target_spec("target_modules", target_modules)
-    _check_target_spec("exclude_modules", exclude_modules)
+    check_target_spec("target_modules", target_modules)
+    check_target_spec("exclude_modules", exclude_modules)
     saved = resolve_modules_to_save(model, modules_to_save)
     targets = resolve_targets(model, target_modules, exclude_modules, saved)
     config = LoraConfig(

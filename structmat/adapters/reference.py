@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from ..monarch.structure import MonarchShape
+from .api import adapter_configs, apply_more, more_layers, unwrap_model
 from .config import MoReConfig
 from .layer import base_shape, check_adapter_name
-from .model import apply_more, more_layers, saved_modules, unwrap_model
 from .targets import is_linear
 
 FACTORS = ("blkdiag1", "blkdiag2")
@@ -95,7 +95,7 @@ def import_reference_checkpoint(
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
     state = read_reference_checkpoint(path)
-    if more_layers(inner) or saved_modules(inner):
+    if adapter_configs(inner):
         raise ValueError("model already has an adapter; import a reference checkpoint into the base model")
     names = _module_names(inner)
     state = {_strip_prefix(k, names): v for k, v in state.items()}
@@ -180,17 +180,18 @@ def import_reference_checkpoint(
         layout="reference" if "reference" in layouts else "structmat",
     )
     apply_more(model, config=config, adapter_name=adapter_name)
-    wrapped, wrappers = more_layers(inner), saved_modules(inner)
+    wrapped = more_layers(inner)
     with torch.no_grad():
         for owner, factors in layers.items():
-            monarch = wrapped[owner].more[adapter_name]
+            monarch = wrapped[owner].more_update[adapter_name]
             for leaf in FACTORS:
                 target = getattr(monarch, leaf)
                 target.copy_(factors[leaf].to(device=target.device, dtype=target.dtype))
         for key, tensor in extras.items():
             owner, _, leaf = key.rpartition(".")
-            if owner in wrappers:
-                target = wrappers[owner].modules_to_save[adapter_name].get_parameter(leaf)
+            wrapper = inner.get_submodule(owner)
+            if owner in to_save and hasattr(wrapper, "modules_to_save"):
+                target = wrapper.modules_to_save[adapter_name].get_parameter(leaf)
                 target.copy_(tensor.to(device=target.device, dtype=target.dtype))
     return model
 

@@ -18,8 +18,7 @@ from ..checks import check_bool, check_positive_int
 from ..monarch import Monarch
 from ..monarch.fit import fit_monarch
 from .layer import base_shape
-from .model import _check_target_spec
-from .targets import TargetSpec, resolve_targets
+from .targets import TargetSpec, check_target_spec, resolve_targets
 
 
 class MonarchLinear(nn.Module):
@@ -73,8 +72,8 @@ def replace_with_monarch(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    _check_target_spec("target_modules", target_modules)
-    _check_target_spec("exclude_modules", exclude_modules)
+    check_target_spec("target_modules", target_modules)
+    check_target_spec("exclude_modules", exclude_modules)
     check_positive_int("nblocks", nblocks)
     check_positive_int("rank", rank)
     check_bool("train_bias", train_bias)
@@ -85,7 +84,7 @@ def replace_with_monarch(
         weight = layer.weight.detach()
         weight = weight if isinstance(layer, nn.Linear) else weight.T  # Conv1D keeps (in, out)
         try:
-            projections[name] = fit_monarch(weight, nblocks, rank)
+            projections[name] = fit_monarch(weight, nblocks, rank, method="svd")  # the exact optimum, every size
         except ValueError as err:
             in_f, out_f = base_shape(layer)
             raise ValueError(f"cannot replace {name!r} (in={in_f}, out={out_f}): {err}") from None

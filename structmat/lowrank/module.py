@@ -81,3 +81,7 @@ class LowRank(StructuredLinear):
 
     def _structure_repr(self) -> str:
         return f"rank={self.rank}"
+
+    def monarch_factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``B @ A`` is a Monarch matrix with one block: ``(A[None], B[None])``."""
+        return None if self.batch_shape else (self.A.unsqueeze(0), self.B.unsqueeze(0))

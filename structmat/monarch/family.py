@@ -69,6 +69,7 @@ MONARCH = StructureFamily(
     style=_style,
     fit_method="SVD of every block (optimal)",
     shape_type=MonarchShape,
+    adapter_options=("nblocks", "layout"),
     examples=(
         (16, 16, {"nblocks": 4, "rank": 2}),
         (21, 30, {"nblocks": 4, "rank": 3}),

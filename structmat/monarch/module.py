@@ -156,3 +156,7 @@ class Monarch(StructuredLinear):
     def _structure_repr(self) -> str:
         st = self.structure
         return f"blkdiag1=({st.k}, {st.q}, {st.p}), blkdiag2=({st.l}, {st.s}, {st.r})"
+
+    def monarch_factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Its own factors (not for a stack; the fused path checks the padding itself)."""
+        return None if self.batch_shape else (self.blkdiag1, self.blkdiag2)

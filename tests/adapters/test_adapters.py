@@ -26,8 +26,8 @@ from structmat.adapters import (
     unload,
     unmerge,
 )
+from structmat.adapters.api import adapter_configs
 from structmat.adapters.layer import base_shape
-from structmat.adapters.model import adapter_configs
 
 
 def train_steps(model, steps=3, lr=1e-2, seed=0):
@@ -93,7 +93,7 @@ def test_conv1d_layer_equals_dense_update():
     assert layer.is_conv1d and base_shape(layer.base_layer) == (32, 96)
     x = torch.randn(5, 32, dtype=torch.float64)
     W = layer.base_layer.weight  # (in, out)
-    expected = x @ (W + layer.monarch.to_dense().T) + layer.base_layer.bias
+    expected = x @ (W + layer.more_update["default"].to_dense().T) + layer.base_layer.bias
     torch.testing.assert_close(layer(x), expected)
 
 
@@ -125,7 +125,7 @@ def test_unmerge_restores_base_weights_exactly(arch):
     current = {
         n.replace(".base_layer", "").replace(".original_module", ""): p
         for n, p in model.named_parameters()
-        if ".more." not in n and ".modules_to_save." not in n
+        if ".more_update." not in n and ".modules_to_save." not in n
     }
     for name, p in reference.items():
         assert torch.equal(current[name], p), name
@@ -136,8 +136,8 @@ def test_safe_merge_refuses_nonfinite():
     model = apply_more(tiny_bert(), rank=1)
     layer = next(iter(more_layers(model).values()))
     with torch.no_grad():
-        layer.monarch.blkdiag2.fill_(float("inf"))
-        layer.monarch.blkdiag1.fill_(1.0)
+        layer.more_update["default"].blkdiag2.fill_(float("inf"))
+        layer.more_update["default"].blkdiag1.fill_(1.0)
     before = layer.base_layer.weight.clone()
     with pytest.raises(ValueError, match="safe_merge"):
         merge(model, safe_merge=True)
@@ -153,12 +153,14 @@ def test_save_load_reproduces_outputs(arch, tmp_path):
     expected = logits(model, batch)
     save_adapter(model, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "adapter_config.json", "adapter_model.safetensors", "structmat_adapters.json"  # the list of the save's adapters
+        ".structmat-saves",  # the files of each save, named by the manifest
+        "adapter_config.json", "adapter_model.safetensors",  # PEFT's layout
+        "structmat_adapters.json",  # the manifest: the save's adapters and their folder
     ]  # fmt: skip
     fresh = load_adapter(MODELS[arch](), tmp_path)
     torch.testing.assert_close(logits(fresh, batch), expected, rtol=0, atol=0)
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert cfg["rank"] == 2 and cfg["base_model_type"] == arch
+    assert cfg["rank"] == 2 and cfg["peft_type"] == "MORE" and cfg["base_model_class"] == type(model).__name__
 
 
 def test_load_into_already_adapted_model(tmp_path):
@@ -175,7 +177,7 @@ def test_load_errors_leave_model_untouched(tmp_path):
     model = apply_more(tiny_bert(), rank=2)
     save_adapter(model, tmp_path)
     gpt = tiny_gpt2()
-    with pytest.raises(ValueError, match="saved for model_type='bert'"):
+    with pytest.raises(ValueError, match="no layer 'bert.encoder.*saved for BertForSequenceClassification"):
         load_adapter(gpt, tmp_path)
     assert not more_layers(gpt)
     # same architecture, other shapes
@@ -184,13 +186,13 @@ def test_load_errors_leave_model_untouched(tmp_path):
     wide = BertForSequenceClassification(
         BertConfig(vocab_size=64, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
     )
-    with pytest.raises(ValueError, match="has shape"):
+    with pytest.raises(ValueError, match="wrong shape"):
         load_adapter(wide, tmp_path)
     assert not more_layers(wide)
     shallow = BertForSequenceClassification(
         BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
     )
-    with pytest.raises(ValueError, match="missing layer"):
+    with pytest.raises(ValueError, match="no layer 'bert.encoder.layer.1"):
         load_adapter(shallow, tmp_path)
     assert not more_layers(shallow)
 
@@ -233,9 +235,12 @@ def test_legacy_folder_config_mismatch_detected(tmp_path):
 
 
 def test_failed_save_keeps_old_files(tmp_path, monkeypatch):
+    def files():
+        return {str(p.relative_to(tmp_path)): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+
     model = apply_more(tiny_bert(), rank=2)
     save_adapter(model, tmp_path)
-    old = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    old = files()
     randomize_adapter(model)
     import structmat.adapters.storage as storage
 
@@ -245,7 +250,7 @@ def test_failed_save_keeps_old_files(tmp_path, monkeypatch):
     monkeypatch.setattr(storage.os, "replace", broken)
     with pytest.raises(OSError, match="disk full"):
         save_adapter(model, tmp_path)
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old  # no temporary file left either
+    assert files() == old  # no temporary file or half-written save left either
 
 
 def test_unknown_config_keys_warn():

@@ -21,6 +21,8 @@ from torch import nn
 
 from structmat.adapters import (
     MoReConfig,
+    MoReLinear,
+    active_adapter,
     add_adapter,
     apply_more,
     count_parameters,
@@ -37,18 +39,19 @@ from structmat.adapters import (
     set_adapter,
     unmerge,
 )
-from structmat.adapters.io import MANIFEST_NAME, WEIGHTS_NAME
+from structmat.adapters.api import adapter_configs, base_of
+from structmat.adapters.io import CONFIG_NAME, MANIFEST_NAME, WEIGHTS_NAME
 
 LABELS = torch.tensor([0, 1, 0])
 
 
 def randomize(model, adapter_name=None, seed=0, scale=0.5):
     """Non-zero values for an adapter's Monarch factors and its copies of the modules to save."""
-    name = adapter_name if adapter_name is not None else model.structmat_active_adapter
+    name = adapter_name if adapter_name is not None else active_adapter(model)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if f".more.{name}." in f".{n}" or f".modules_to_save.{name}." in f".{n}":
+            if f".more_update.{name}." in f".{n}" or f".modules_to_save.{name}." in f".{n}":
                 p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
     return model
 
@@ -69,15 +72,16 @@ def test_backward_under_autocast(rank):
     torch.manual_seed(0)
     layer = apply_more(nn.Sequential(nn.Linear(64, 64)), ["0"], nblocks=4, rank=rank, modules_to_save=None)[0]
     with torch.no_grad():
-        layer.monarch.blkdiag2.normal_()
+        layer.more_update["default"].blkdiag2.normal_()
     x = torch.randn(3, 64)
     layer(x).sum().backward()  # float32 reference
-    expected = [p.grad.clone() for p in (layer.monarch.blkdiag1, layer.monarch.blkdiag2)]
+    factors = (layer.more_update["default"].blkdiag1, layer.more_update["default"].blkdiag2)
+    expected = [p.grad.clone() for p in factors]
     layer.zero_grad()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)
     y.float().sum().backward()  # RuntimeError: expected m1 and m2 to have the same dtype
-    for p, want in zip((layer.monarch.blkdiag1, layer.monarch.blkdiag2), expected, strict=True):
+    for p, want in zip(factors, expected, strict=True):
         assert p.grad.dtype == torch.float32
         torch.testing.assert_close(p.grad, want, rtol=0.05, atol=0.05 * float(want.abs().max()))
 
@@ -89,7 +93,7 @@ def test_torch_func_grad_through_an_adapted_layer(rank, fused):
     net = apply_more(nn.Sequential(nn.Linear(64, 64)), ["0"], nblocks=4, rank=rank, modules_to_save=None)
     net[0].fused = fused
     with torch.no_grad():
-        net[0].monarch.blkdiag2.normal_()
+        net[0].more_update["default"].blkdiag2.normal_()
     params = {k: v.detach() for k, v in net.named_parameters()}
     x = torch.randn(5, 64)
 
@@ -148,7 +152,7 @@ def test_add_adapter_inside_disable_adapter_stays_disabled():
         set_adapter(model, "b")
         randomize(model, "b")
         assert close(logits(model, batch), base)
-    b_alone = single_adapter_reference(model, "b", model.structmat_more_configs["b"])
+    b_alone = single_adapter_reference(model, "b", adapter_configs(model)["b"])
     assert close(logits(model, batch), b_alone) and not close(b_alone, base)  # enabled again after the block
 
 
@@ -162,6 +166,27 @@ def test_delete_last_adapter_removes_its_head_too():
     delete_adapter(model, "default")
     assert close(logits(model, batch), base)
     assert not more_layers(model) and not list_adapters(model)
+
+
+@pytest.mark.parametrize("via", ["apply_more", "get_peft_model"])
+def test_deleting_the_active_adapter_hands_the_head_to_the_next_one(via):
+    """Found porting the sequence test below to PEFT's tuner: PEFT switches a module to save only
+    where the deleted adapter had a copy, so a head saved by the next active adapter alone kept
+    computing the original head."""
+    import peft
+
+    no_head = MoReConfig(target_modules=["intermediate.dense"], rank=2)
+    with_head = MoReConfig(target_modules=["query"], rank=2, modules_to_save=["classifier"])
+    if via == "apply_more":
+        model = apply_more(tiny_bert(), config=no_head, adapter_name="b")
+    else:
+        model = peft.get_peft_model(tiny_bert(), no_head, adapter_name="b")
+    add_adapter(model, "a", with_head)
+    randomize(model, "b", seed=1), randomize(model, "a", seed=2)
+    expected = single_adapter_reference(base_of(model), "a", with_head)
+    with pytest.warns(UserWarning, match="Setting active adapter to a"):
+        delete_adapter(model, "b")  # the active one
+    assert active_adapter(model) == "a" and close(logits(model, inputs()), expected)
 
 
 @pytest.mark.parametrize("name", ["update", "keys", "train", "to", "training"])
@@ -276,24 +301,24 @@ def test_multi_adapter_save_is_one_unit(tmp_path, monkeypatch):
     old = outputs(model)
     randomize(model, "a", seed=3), randomize(model, "b", seed=4)
     new = outputs(model)
-    import structmat.adapters.io as adapter_io
+    import structmat.adapters.folder as adapter_folder
 
-    real = adapter_io.write_atomically
+    real = adapter_folder.write_atomically
 
     def disk_full_in_b(path, data):
         if pathlib.Path(path).parent.name == "b":
             raise OSError("disk full")
         real(path, data)
 
-    monkeypatch.setattr(adapter_io, "write_atomically", disk_full_in_b)
+    monkeypatch.setattr(adapter_folder, "write_atomically", disk_full_in_b)
     with pytest.raises(OSError):
         save_adapter(model, tmp_path)
     monkeypatch.undo()
-    fresh = tiny_bert()
-    with pytest.raises(ValueError, match="different saves"):  # was: the mix loaded without an error
-        load_adapters(fresh, tmp_path)
-    assert not more_layers(fresh)
-    save_adapter(model, tmp_path)  # the next save makes the folder whole again
+    # was: the mix loaded without an error; then: refused ("different saves"). Now a save of several
+    # adapters is one unit: the failed one left the folder with the previous complete set
+    got = outputs(load_adapters(tiny_bert(), tmp_path))
+    assert all(close(got[n], old[n]) for n in got) and not any(close(got[n], new[n]) for n in got)
+    save_adapter(model, tmp_path)  # the next save replaces the whole set
     got = outputs(load_adapters(tiny_bert(), tmp_path))
     assert all(close(got[n], new[n]) for n in got) and not any(close(got[n], old[n]) for n in got)
 
@@ -442,7 +467,7 @@ def test_merge_of_a_weight_normed_layer():
     except ValueError:
         return  # refused up front: fine
     with torch.no_grad():
-        model[0].monarch.blkdiag2.normal_()
+        model[0].more_update["default"].blkdiag2.normal_()
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
     x = torch.randn(3, 16)
     adapted = model(x)
@@ -459,40 +484,67 @@ def test_merge_of_a_weight_normed_layer():
 
 
 def test_save_pretrained_of_an_adapted_model_does_not_lose_it(tmp_path):
+    """Was: saved under the wrapper names, and from_pretrained re-initialised the adapted layers and
+    the head with a log line only; then refused. Now MoRe is a PEFT method and ``apply_more`` marks
+    the model as carrying a PEFT adapter: transformers' own ``save_pretrained`` writes the adapter
+    and the trained head only (PEFT's folder), which PEFT, structmat and transformers load back.
+    The merged plain model saves and loads as what it computes."""
+    import peft
+    from safetensors import safe_open
     from transformers import BertForSequenceClassification
 
-    """Was: saved under the wrapper names, and from_pretrained re-initialised the adapted layers and
-    the head with a log line only. Now refused with a message naming what to use; the merged
-    plain model saves and loads as what it computes."""
     model = randomize(apply_more(tiny_bert(), rank=2))
     batch = inputs()
     adapted = logits(model, batch)
-    with pytest.raises(ValueError, match="save_adapter"):
-        model.save_pretrained(tmp_path)
-    assert not any(tmp_path.iterdir())
-    merge_and_unload(model).save_pretrained(tmp_path)
-    again = BertForSequenceClassification.from_pretrained(tmp_path).eval()
+    model.save_pretrained(tmp_path / "adapter")
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    with safe_open(str(tmp_path / "adapter" / WEIGHTS_NAME), "pt") as f:
+        keys = set(f.keys())
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}  # the factors and the head's copy
+    peft_keys = {
+        "base_model.model." + n.replace(".modules_to_save.default.", ".").replace(".default.", ".") for n in trained
+    }
+    assert keys == peft_keys
+    assert any(".more_update." in k for k in keys) and "base_model.model.classifier.weight" in keys
+    restored = [
+        peft.PeftModel.from_pretrained(tiny_bert(), tmp_path / "adapter"),
+        load_adapter(tiny_bert(), tmp_path / "adapter"),
+    ]
+    plain = tiny_bert()
+    plain.load_adapter(str(tmp_path / "adapter"))  # transformers' PEFT integration
+    for again in [*restored, plain]:
+        torch.testing.assert_close(logits(again, batch), adapted, rtol=0, atol=0)
+    assert not close(logits(tiny_bert(), batch), adapted)  # so that the checks above can fail
+    merge_and_unload(model).save_pretrained(tmp_path / "merged")
+    again = BertForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     assert close(logits(again, batch), adapted)
 
 
-def test_more_trainer_refuses_a_model_without_adapter(tmp_path):
-    from transformers import TrainingArguments
+def test_trainer_on_a_model_adapted_in_place_writes_adapter_checkpoints(tmp_path):
+    """Was: ``MoReTrainer`` (the only Trainer that saved MoRe checkpoints) refused a model without
+    adapter. There is no MoReTrainer now: the plain transformers ``Trainer`` sees the PEFT adapter
+    of a model adapted in place and writes adapter-only checkpoints that load back."""
+    from helpers import adapter_trainer
 
-    from structmat.adapters import MoReTrainer
-
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, report_to=[], use_cpu=True)
-    with pytest.raises(ValueError, match="adapter"):
-        MoReTrainer(model=tiny_bert(), args=args, train_dataset=[])
+    model = apply_more(tiny_bert(), rank=2)
+    adapter_trainer(model, tmp_path, max_steps=2, save_steps=2).train()
+    checkpoint = tmp_path / "checkpoint-2"
+    names = {p.name for p in checkpoint.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= names
+    assert not names & {"model.safetensors", "pytorch_model.bin", "config.json"}
+    trained = logits(model.eval(), inputs())
+    assert not close(trained, logits(tiny_bert(), inputs()))  # training changed it
+    torch.testing.assert_close(logits(load_adapter(tiny_bert(), checkpoint), inputs()), trained, rtol=0, atol=0)
 
 
 # =============================================================================================
 # Behaviours that held under the probe (not covered elsewhere)
 # =============================================================================================
 
-CONFIGS = [
-    MoReConfig(target_modules=["query", "value"], rank=2),
+CONFIGS = [  # with and without the classifier trained as a copy (a MoReConfig names it; apply_more's "auto")
+    MoReConfig(target_modules=["query", "value"], rank=2, modules_to_save=["classifier"]),
     MoReConfig(target_modules=["intermediate.dense"], rank=1, modules_to_save=None),
-    MoReConfig(target_modules="all-linear", rank=1),
+    MoReConfig(target_modules="all-linear", rank=1, modules_to_save=["classifier"]),
 ]
 
 
@@ -502,7 +554,7 @@ def single_adapter_reference(model, name, config):
     ref = apply_more(tiny_bert(), config=copy.deepcopy(config), adapter_name="x")
     with torch.no_grad():
         for n, p in model.named_parameters():
-            for kind in (".more.", ".modules_to_save."):
+            for kind in (".more_update.", ".modules_to_save."):
                 if f"{kind}{name}." in n:
                     ref.get_parameter(n.replace(f"{kind}{name}.", f"{kind}x.")).copy_(p)
     return logits(ref, inputs())
@@ -535,7 +587,7 @@ def test_random_operation_sequences_match_a_single_adapter_model(seed, tmp_path)
     base = logits(tiny_bert(), batch)
     model, refs, configs, merged, disabled = tiny_bert(), {}, {}, False, []
     for step in range(16):
-        names = list(getattr(model, "structmat_more_configs", {}))
+        names = list(adapter_configs(model))
         op = rng.choice(applicable_operations(names, merged, disabled))
         if op == "add":
             name, config = rng.choice([n for n in "abc" if n not in names]), rng.choice(CONFIGS)
@@ -567,7 +619,7 @@ def test_random_operation_sequences_match_a_single_adapter_model(seed, tmp_path)
                 set_adapter(fresh, name)
                 assert close(logits(fresh, batch), refs[name]), (step, name)
         elif op == "train":
-            active = model.structmat_active_adapter
+            active = active_adapter(model)
             others = {n: p.detach().clone() for n, p in model.named_parameters() if f".{active}." not in n}
             params = [p for p in model.parameters() if p.requires_grad]
             assert params and all(f".{active}." in n for n, p in model.named_parameters() if p.requires_grad)
@@ -577,8 +629,8 @@ def test_random_operation_sequences_match_a_single_adapter_model(seed, tmp_path)
             model.eval()
             assert all(torch.equal(p, others[n]) for n, p in model.named_parameters() if n in others)
             refs[active] = single_adapter_reference(model, active, configs[active])
-        names = list(getattr(model, "structmat_more_configs", {}))
-        expected = base if not names or disabled else refs[model.structmat_active_adapter]
+        names = list(adapter_configs(model))
+        expected = base if not names or disabled else refs[active_adapter(model)]
         assert close(logits(model, batch), expected), (step, op)
     for context in reversed(disabled):
         context.__exit__(None, None, None)
@@ -671,13 +723,14 @@ def test_double_backward_fused_equals_unfused():
     layer = apply_more(nn.Sequential(nn.Linear(16, 16, dtype=torch.float64)), ["0"], nblocks=4, rank=2,
                        modules_to_save=None)[0]  # fmt: skip
     with torch.no_grad():
-        layer.monarch.blkdiag2.normal_()
+        layer.more_update["default"].blkdiag2.normal_()
     x = torch.randn(3, 16, dtype=torch.float64, requires_grad=True)
     results = []
     for fused in (True, False):
         layer.fused = fused
         (gx,) = torch.autograd.grad(layer(x).pow(2).sum(), x, create_graph=True)
-        results.append(torch.autograd.grad(gx.pow(2).sum(), [layer.monarch.blkdiag1, layer.monarch.blkdiag2]))
+        update = layer.more_update["default"]
+        results.append(torch.autograd.grad(gx.pow(2).sum(), [update.blkdiag1, update.blkdiag2]))
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b)
 
@@ -690,3 +743,90 @@ def test_peft_multi_adapter_folder_is_refused(tmp_path):
     with pytest.raises(ValueError, match="PEFT LORA adapter"):
         load_adapters(model, tmp_path)
     assert not more_layers(model)
+
+
+# =============================================================================================
+# Issue 27: each test failed on main at 11fa7d3 (before MoRe became a PEFT method)
+# =============================================================================================
+
+
+@pytest.mark.parametrize("how", ["apply_more", "load_adapter", "add_adapter", "get_peft_model"])
+def test_adapter_layers_added_in_eval_mode_are_in_eval_mode(how, tmp_path):
+    """#27 item 2: adapter layers made on a model in eval mode took train mode (dropout active)
+    while model.training was False; they take the mode of the module they wrap."""
+    import peft
+
+    model = tiny_bert()  # eval mode; its own dropout is 0, so only the adapter's can differ
+    if how == "apply_more":
+        apply_more(model, rank=2, dropout=0.5)
+    elif how == "load_adapter":
+        save_adapter(randomize(apply_more(tiny_bert().train(), rank=2, dropout=0.5)), tmp_path)
+        load_adapter(model, tmp_path)
+    elif how == "add_adapter":
+        apply_more(model, ["query"], rank=2, modules_to_save=None)
+        add_adapter(model, "b", MoReConfig(target_modules=["value"], rank=2, dropout=0.5))
+        set_adapter(model, "b")
+    else:
+        model = peft.get_peft_model(model, MoReConfig(rank=2, dropout=0.5))
+    randomize(model, active_adapter(model))  # a non-zero update, so that dropout shows
+    # the MoRe layers and every dropout (the adapter's, the model's, a saved head's copy); PEFT's
+    # ModulesToSaveWrapper containers keep train mode, which changes no computation
+    modal = [m for m in model.modules() if isinstance(m, (MoReLinear, nn.Dropout))]
+    assert any(isinstance(m, nn.Dropout) and m.p == 0.5 for m in modal) and not any(m.training for m in modal)
+    batch = inputs()
+
+    def two_forwards():
+        with torch.no_grad():
+            torch.manual_seed(0)
+            first = model(**batch).logits
+            torch.manual_seed(1)
+            return first, model(**batch).logits
+
+    first, second = two_forwards()
+    assert torch.equal(first, second)
+    model.train()
+    first, second = two_forwards()
+    assert not torch.equal(first, second)  # dropout 0.5 acts in train mode: the check above can fail
+
+
+@pytest.mark.parametrize("name", ["a\0b", "x" * 256, "é" * 128])  # NUL; 256 bytes; 128 characters, 256 bytes
+def test_adapter_name_that_cannot_be_a_folder_name_is_refused_at_creation(name):
+    """#27 item 9: accepted by apply_more and failed only at save; now refused by every way of
+    creating an adapter, naming adapter_name, the model unchanged."""
+    import peft
+
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="adapter_name"):
+        apply_more(model, rank=2, adapter_name=name)
+    assert not more_layers(model) and all(p.requires_grad for p in model.parameters())
+    apply_more(model, rank=2)
+    with pytest.raises(ValueError, match="adapter_name"):
+        add_adapter(model, name, MoReConfig(target_modules=["value"], rank=2))
+    assert list_adapters(model) == ["default"]
+    base = tiny_bert()
+    with pytest.raises(ValueError, match="adapter_name"):
+        peft.get_peft_model(base, MoReConfig(rank=2), adapter_name=name)
+    assert not more_layers(base)
+
+
+def test_longest_adapter_name_saves_and_loads(tmp_path):
+    name = "x" * 255  # the longest file name
+    model = randomize(apply_more(tiny_bert(), rank=2, adapter_name=name), name)
+    save_adapter(model, tmp_path)
+    loaded = load_adapters(tiny_bert(), tmp_path)
+    assert list_adapters(loaded) == [name] and close(logits(loaded, inputs()), logits(model, inputs()))
+
+
+def test_merge_on_the_meta_device_is_a_named_error():
+    """#27 item 8: 'unknown device type for autocast' from deep inside; now a ValueError that
+    says what is wrong, nothing merged."""
+    import peft
+
+    for model in (
+        randomize(apply_more(tiny_bert(), rank=2)).to("meta"),
+        peft.get_peft_model(tiny_bert(), MoReConfig(rank=2)).to("meta"),
+    ):
+        for merging in (merge, merge_and_unload):
+            with pytest.raises(ValueError, match="meta device"):
+                merging(model)
+            assert not any(layer.merged for layer in more_layers(model).values())

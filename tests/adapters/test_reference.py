@@ -26,6 +26,7 @@ from structmat.adapters import (
     save_adapter,
     unload,
 )
+from structmat.adapters.api import adapter_configs
 from structmat.monarch import MonarchShape
 
 
@@ -72,7 +73,7 @@ def test_reference_shaped_adapter_multiplies_trains_saves_and_loads(
         copy.deepcopy(base),
         config=MoReConfig(target_modules=["0"], nblocks=nblocks, rank=4, layout="reference", modules_to_save=None),
     )
-    monarch = more_layers(model)["0"].monarch
+    monarch = more_layers(model)["0"].more_update["default"]
     assert monarch.blkdiag2.shape[1] == s_reference
     with torch.no_grad():
         monarch.blkdiag2.normal_(0, 0.02)
@@ -142,9 +143,9 @@ def test_reference_checkpoint_imports_exactly(prefix, tmp_path):
     x = torch.randn(4, 100)
     want = F.linear(torch.tanh(F.linear(x, W, base.proj.bias)), s["head.weight"], s["head.bias"])
     torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-6)
-    config = model.structmat_more_configs["default"]
+    config = adapter_configs(model)["default"]
     assert (config.layout, config.dropout_position, config.nblocks, config.rank) == ("reference", "output", 3, 2)
-    assert config.resolved_modules_to_save == ["head"]
+    assert config.modules_to_save == ["head"]
 
 
 class Payload:
@@ -247,12 +248,13 @@ def test_replacement_refuses_a_layer_that_does_not_fit_before_changing_anything(
 
 def test_projection_init_keeps_outputs_and_freezes_the_residual(tmp_path):
     base = tiny_bert(dtype=torch.float64)
-    model = apply_more(copy.deepcopy(base), config=MoReConfig(nblocks=4, rank=2, init="projection"))
+    model = apply_more(copy.deepcopy(base), config=MoReConfig(nblocks=4, rank=2, init_weights="projection"))
     batch = inputs()
     torch.testing.assert_close(logits(model, batch), logits(base, batch), rtol=0, atol=1e-5)
     for name, layer in more_layers(model).items():
         W = base.get_submodule(name).weight.detach()
-        w1, w2 = layer.monarch.blkdiag1.detach(), layer.monarch.blkdiag2.detach()
+        update = layer.more_update["default"]
+        w1, w2 = update.blkdiag1.detach(), update.blkdiag2.detach()
         M = dense_from_factors(w1, w2, layer.in_features, layer.out_features)
         assert torch.equal(layer.base_layer.weight, W - layer.more_init["default"].to_dense())  # exactly
         torch.testing.assert_close(layer.base_layer.weight, W - M, rtol=0, atol=1e-12)  # = W - M, M from its factors
@@ -277,14 +279,14 @@ def test_projection_init_keeps_outputs_and_freezes_the_residual(tmp_path):
 
 
 def test_projection_init_is_the_only_adapter():
-    model = apply_more(tiny_bert(), config=MoReConfig(nblocks=4, rank=2, init="projection"))
+    model = apply_more(tiny_bert(), config=MoReConfig(nblocks=4, rank=2, init_weights="projection"))
     from structmat.adapters import add_adapter
 
     with pytest.raises(ValueError, match="projection-initialised"):
         add_adapter(model, "other", MoReConfig(nblocks=4, rank=2))
     zero = apply_more(tiny_bert(), nblocks=4, rank=2)
     with pytest.raises(ValueError, match="only adapter"):
-        add_adapter(zero, "proj", MoReConfig(nblocks=4, rank=2, init="projection"))
+        add_adapter(zero, "proj", MoReConfig(nblocks=4, rank=2, init_weights="projection"))
 
 
 # -- dropout placement -----------------------------------------------------------------------
@@ -295,11 +297,11 @@ def test_output_dropout_is_the_references_placement():
     base = nn.Sequential(nn.Linear(24, 40))
     cfg = MoReConfig(target_modules=["0"], nblocks=4, rank=2, dropout=0.5, dropout_position="output")
     model = apply_more(copy.deepcopy(base), config=cfg).train()
-    layer = more_layers(model)["0"]
+    update = more_layers(model)["0"].more_update["default"]
     with torch.no_grad():
-        layer.monarch.blkdiag2.normal_()
+        update.blkdiag2.normal_()
     x = torch.randn(6, 24)
-    M = dense_from_factors(layer.monarch.blkdiag1.detach(), layer.monarch.blkdiag2.detach(), 24, 40)
+    M = dense_from_factors(update.blkdiag1.detach(), update.blkdiag2.detach(), 24, 40)
     torch.manual_seed(1)
     got = model(x)
     torch.manual_seed(1)
@@ -325,14 +327,15 @@ def test_projection_init_in_the_reference_layout(tmp_path):
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(100, 250)).double()
     cfg = MoReConfig(
-        target_modules=["0"], nblocks=3, rank=2, layout="reference", init="projection", modules_to_save=None
+        target_modules=["0"], nblocks=3, rank=2, layout="reference", init_weights="projection", modules_to_save=None
     )
     model = apply_more(copy.deepcopy(base), config=cfg)
     layer = more_layers(model)["0"]
-    assert layer.monarch.blkdiag2.shape[1] == 85  # the reference's block height (ours: 84)
+    update = layer.more_update["default"]
+    assert update.blkdiag2.shape[1] == 85  # the reference's block height (ours: 84)
     x = torch.randn(4, 100, dtype=torch.float64)
     torch.testing.assert_close(model(x), base(x), rtol=0, atol=1e-10)
-    M = dense_from_factors(layer.monarch.blkdiag1.detach(), layer.monarch.blkdiag2.detach(), 100, 250)
+    M = dense_from_factors(update.blkdiag1.detach(), update.blkdiag2.detach(), 100, 250)
     W = base[0].weight.detach()
     torch.testing.assert_close(layer.base_layer.weight, W - M, rtol=0, atol=1e-12)
     optimum = optimal_error(W, "monarch", nblocks=3, rank=2)  # the same optimum in either layout

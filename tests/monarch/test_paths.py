@@ -271,7 +271,7 @@ def test_more_layer_saves_only_its_input(forced):
     params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
     assert storages - params == {x.untyped_storage().data_ptr()}
     y.sum().backward()
-    assert layer.monarch.blkdiag1.grad is not None and x.grad is not None
+    assert layer.update.blkdiag1.grad is not None and x.grad is not None
 
 
 @st.composite
@@ -289,9 +289,9 @@ def test_fused_more_layer_equals_unfused_with_grads(shape, n, bias, train_base, 
     base = nn.Linear(in_f, out_f, bias=bias, dtype=torch.float64).requires_grad_(train_base)
     layer = MoReLinear(base, nblocks=k, rank=rank)
     with torch.no_grad():
-        layer.monarch.blkdiag2.normal_()
+        layer.update.blkdiag2.normal_()
     x = torch.randn(*((2, n) if batched else (n,)), in_f, dtype=torch.float64, requires_grad=True)
-    assert select_path(x, layer.monarch.blkdiag1, layer.monarch.blkdiag2, base=base) is MultiplyPath.EXPANDED_WITH_BASE
+    assert select_path(x, layer.update.blkdiag1, layer.update.blkdiag2, base=base) is MultiplyPath.EXPANDED_WITH_BASE
     results = []
     for fused in (True, False):
         layer.fused = fused
@@ -319,10 +319,10 @@ def test_torch_compile_fused_more_layer_matches_eager():
     torch.manual_seed(0)
     layer = MoReLinear(nn.Linear(48, 80).requires_grad_(False), nblocks=4, rank=2)
     with torch.no_grad():
-        layer.monarch.blkdiag2.normal_()
+        layer.update.blkdiag2.normal_()
     x = torch.randn(2, 7, 48, requires_grad=True)
     assert (
-        select_path(x, layer.monarch.blkdiag1, layer.monarch.blkdiag2, base=layer.base_layer)
+        select_path(x, layer.update.blkdiag1, layer.update.blkdiag2, base=layer.base_layer)
         is MultiplyPath.EXPANDED_WITH_BASE
     )
     compiled = torch.compile(layer, backend="eager" if sys.platform == "win32" else "inductor", fullgraph=True)
@@ -330,10 +330,10 @@ def test_torch_compile_fused_more_layer_matches_eager():
     y, y2 = layer(x), compiled(x2)
     torch.testing.assert_close(y2, y, rtol=1e-5, atol=1e-5)
     y.square().sum().backward()
-    grads = [p.grad.clone() for p in (layer.monarch.blkdiag1, layer.monarch.blkdiag2)]
+    grads = [p.grad.clone() for p in (layer.update.blkdiag1, layer.update.blkdiag2)]
     layer.zero_grad()
     y2.square().sum().backward()
-    for a, p in zip(grads, (layer.monarch.blkdiag1, layer.monarch.blkdiag2), strict=True):
+    for a, p in zip(grads, (layer.update.blkdiag1, layer.update.blkdiag2), strict=True):
         torch.testing.assert_close(p.grad, a, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-5)
 
@@ -416,18 +416,18 @@ def test_cuda_backend_auto_and_more_layer_match_cpu(nblocks, rank, expected):
     torch.manual_seed(0)
     layer = MoReLinear(nn.Linear(256, 512), nblocks=nblocks, rank=rank)
     with torch.no_grad():
-        layer.monarch.blkdiag2.normal_()
+        layer.update.blkdiag2.normal_()
     x = torch.randn(2, 33, 256, requires_grad=True)
     layer_gpu = MoReLinear(nn.Linear(256, 512), nblocks=nblocks, rank=rank).cuda()
     layer_gpu.load_state_dict(layer.state_dict())
     x_gpu = x.detach().cuda().requires_grad_(True)
-    assert select_path(x_gpu, layer_gpu.monarch.blkdiag1, layer_gpu.monarch.blkdiag2) is expected
+    assert select_path(x_gpu, layer_gpu.update.blkdiag1, layer_gpu.update.blkdiag2) is expected
     y, y_gpu = layer(x), layer_gpu(x_gpu)
     torch.testing.assert_close(y_gpu.cpu(), y, rtol=1e-4, atol=1e-4)
     y.square().sum().backward()
     y_gpu.square().sum().backward()
     torch.testing.assert_close(x_gpu.grad.cpu(), x.grad, rtol=1e-4, atol=1e-4)
-    for a, b in zip(layer_gpu.monarch.parameters(), layer.monarch.parameters(), strict=True):
+    for a, b in zip(layer_gpu.update.parameters(), layer.update.parameters(), strict=True):
         torch.testing.assert_close(a.grad.cpu(), b.grad, rtol=1e-4, atol=1e-3)
 
 

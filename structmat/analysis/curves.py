@@ -22,6 +22,7 @@ class CurvePoint:
     max_rank: int
     family: str = ""  # registered family name ("" for points made by hand: read from the label)
     hparams: dict[str, Any] = field(default_factory=dict)  # the fitted member
+    fit_info: dict[str, Any] = field(default_factory=dict)  # what its fit did (the module's ``fit_info``)
 
 
 def approximation_curve(
@@ -48,20 +49,21 @@ def approximation_curve(
     fit_options = {family.name: fits for family, _, fits in study_plan}
     variant_options = {k: v for _, variants, _ in study_plan for k, v in variants.items()}
     out_f, in_f = W.shape
-    fitted: dict[tuple[str, str], float] = {}  # (family, member) -> fit_error
+    fitted: dict[tuple[str, str], tuple[float, dict]] = {}  # (family, member) -> (fit_error, fit_info)
     points: list[CurvePoint] = []
     for budget in budgets:
         for choice in choose_structures(in_f, out_f, int(budget), chosen, **variant_options):
             if not choice.fits:
-                err = 1.0
+                err, info = 1.0, {}
             else:
                 key = (choice.family, repr(sorted(choice.hparams.items())))
                 if key not in fitted:
                     family = get_structure(choice.family)
-                    fitted[key] = float(family.fit(W, **choice.hparams, **fit_options[family.name]).fit_error)
-                err = fitted[key]
+                    module = family.fit(W, **choice.hparams, **fit_options[family.name])
+                    fitted[key] = (float(module.fit_error), dict(module.fit_info or {}))
+                err, info = fitted[key]
             point = CurvePoint(choice.structure, int(budget), choice.params, err, choice.max_rank)
-            points.append(replace(point, family=choice.family, hparams=choice.hparams))
+            points.append(replace(point, family=choice.family, hparams=choice.hparams, fit_info=info))
     return points
 
 

@@ -244,6 +244,45 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from .sweep import run_sweeps, selected, status
+
+    sweeps = selected(args.sweeps, args.tiny, getattr(args, "device", None))
+    out = Path(args.out)
+    if args.action == "run":
+        run_sweeps(sweeps, out, lambda line: print(line, flush=True))
+    elif args.action == "status":
+        for sweep in sweeps:
+            print(status(sweep, out))
+    else:
+        from .sweep import sweep_records
+        from .tables import write_tables
+
+        command = " ".join(["structmat sweep", *(args.argv or sys.argv[2:])])
+        for sweep in sweeps:
+            records = sweep_records(sweep, out)
+            if not records:
+                print(f"{sweep.name}: no records under {out}", file=sys.stderr)
+                continue
+            print(f"{sweep.name}: {write_tables(sweep, records, Path(args.results), command=command)}")
+    return 0
+
+
+def _check_sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from .sweep import SWEEPS
+
+    unknown = [n for n in args.sweeps if n not in SWEEPS]
+    if unknown:
+        parser.error(f"unknown sweeps {unknown}; choose from {sorted(SWEEPS)}")
+    if args.action == "run" and not args.sweeps:
+        parser.error("sweep run needs the sweeps to run (e.g. rt)")
+    if args.action == "run" and args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default; an option without one (``None``) says in its
     own help what happens when it is not given, instead of "(default: None)"."""
@@ -321,7 +360,27 @@ def build_parser() -> argparse.ArgumentParser:
         "read it; LoRA: PEFT's format) (default: not saved)",
     )
     ft.set_defaults(func=_finetune, check=_check_finetune, parser=ft)
+    sw = sub.add_parser(
+        "sweep",
+        help="MoRe vs LoRA sweeps: tuned learning rates, many seeds, one record per run (resumable)",
+        description="structmat sweep run rt | status | tables: see structmat/experiments/sweep.py for the protocol",
+        formatter_class=_HelpFormatter,
+    )
+    sw.add_argument("action", choices=["run", "status", "tables"], help="run the missing runs, count them, or "
+                    "write the tables from the records")  # fmt: skip
+    sw.add_argument("sweeps", nargs="*", help="rt, tweets, arith, reference (default for status/tables: all)")
+    sw.add_argument("--out", default=str(_results() / "runs"), help="folder of the run records")
+    sw.add_argument("--results", default=str(_results()), help="where tables go")
+    sw.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke test of the whole protocol")
+    sw.add_argument("--device", choices=["cpu", "cuda"], default=None, help="run on this device (default: the sweep's)")
+    sw.set_defaults(func=_sweep, check=_check_sweep, parser=sw, argv=None)
     return parser
+
+
+def _results():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
 def main(argv: list[str] | None = None) -> int:

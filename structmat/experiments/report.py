@@ -41,6 +41,7 @@ from ..analysis.curves import best_per_family, family_of
 from ..progress import progress_bar
 from ..registry import families, parse_label
 from .models import minilm_weight_matrices, smollm2_weight_matrices
+from .sweep import RESULTS
 
 BUDGET_FRACTIONS = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
 FIGURE_FORMATS = ("png", "svg")
@@ -129,6 +130,7 @@ def run_report(out_dir: str | Path = "report", quick: bool = False, progress: bo
     text = _markdown(curves, stats, choices, empirical, cap_shape, cap_budget, quick, time.time() - t0)
     text += _family_section(curves, stats, set(real))
     text += _recovery_section(recovery)
+    text += _delta_capture_section()
     (out / "report.md").write_text(text)
     return {
         "curves": curves,
@@ -216,6 +218,18 @@ def _pair_sentence(lead: str, other: str, per_budget: dict[int, dict[str, float]
     return f"mixed against {other}: {lead} wins at {_n(wins)}, {other} at {_n(losses)}{tie_note}"
 
 
+def _how_fitted(info: dict) -> str:
+    """What an iterative family's fit did, from its ``fit_info`` (the butterfly's: closed form with
+    0 gradient steps, or Adam + L-BFGS steps)."""
+    steps = int(info.get("adam_steps", 0)) + int(info.get("lbfgs_steps", 0))
+    phase = info.get("phase")
+    if phase == "closed form" and steps == 0:
+        return "found in closed form, 0 gradient steps"
+    if phase is None:
+        return "fitted"
+    return f"{phase}: {info.get('adam_steps', 0)} Adam + {info.get('lbfgs_steps', 0)} L-BFGS steps"
+
+
 def _conclusions(curves: dict[str, list[CurvePoint]]) -> list[str]:
     """Per target: which family is best at how many budgets, and how the most often best family
     compares with each other family (every sentence from the numbers, with the tie rule)."""
@@ -239,8 +253,8 @@ def _conclusions(curves: dict[str, list[CurvePoint]]) -> list[str]:
             fitted = [p for p in pts if p.family == family.name and p.params > 0]
             if family.iterative and fitted:
                 out.append(
-                    f"  {family.label} ({fitted[0].params:,d} parameters, fitted iteratively) reaches error "
-                    f"{fitted[0].rel_error:.2e}."
+                    f"  {family.label} ({fitted[0].params:,d} parameters, {_how_fitted(fitted[0].fit_info)}) reaches "
+                    f"error {fitted[0].rel_error:.2e}."
                 )
     return out
 
@@ -388,3 +402,14 @@ def _recovery_section(rows) -> str:
             "",
         ]
     )
+
+
+def _delta_capture_section(results: Path = RESULTS) -> str:
+    """The committed ΔW-capture table (``benchmarks/delta_capture.py``: it fine-tunes a model, too
+    long for the report itself), or a line saying how to make it."""
+    title = "\n## How much of a real fine-tuning update each structure captures\n\n"
+    table = results / "delta_capture.md"
+    if not table.exists():
+        return title + "Not measured yet: `python benchmarks/delta_capture.py`.\n"
+    body = table.read_text().split("\n", 1)[1]  # without its own title
+    return title + f"From the committed `benchmarks/results/{table.name}`:\n{body}"

@@ -1,8 +1,8 @@
 """Resumable sweeps that compare MoRe with LoRA: tuned learning rates, many seeds, one record per run.
 
-    python -m structmat.experiments.sweep run rt            # MiniLM on Rotten Tomatoes (then: tweets, arith)
-    python -m structmat.experiments.sweep status rt
-    python -m structmat.experiments.sweep tables            # benchmarks/results/<sweep>.md and .json
+    structmat sweep run rt            # MiniLM on Rotten Tomatoes (then: tweets, arith)
+    structmat sweep status rt
+    structmat sweep tables            # benchmarks/results/sweep_<name>.md and .json
 
 Protocol, the same for every method of a sweep:
 
@@ -21,8 +21,6 @@ killed at any point continues where it stopped.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -78,6 +76,8 @@ class Sweep:
     validation_size: int | None = None  # None: the whole split
     test_size: int | None = None
     max_widen: int = 3
+    device: str = "cpu"
+    model: str | None = None  # a key of models.CAUSAL_MODELS for causal sweeps (default "smollm2")
     description: str = ""
     depends_on: str | None = None  # a sweep whose records choose this one's settings
     choose_settings: Callable[[list[dict]], list[Setting]] | None = field(default=None, repr=False)
@@ -88,7 +88,7 @@ class Sweep:
             "sweep": self.name,
             "kind": self.kind,
             "task": self.task,
-            "model": "all-MiniLM-L6-v2" if self.kind == "classify" else "SmolLM2-135M-Instruct",
+            "model": "all-MiniLM-L6-v2" if self.kind == "classify" else self.causal_model,
             "method": setting.method,
             "structure": "monarch" if setting.method == "more" else "lowrank",
             "rank": setting.rank,
@@ -103,7 +103,11 @@ class Sweep:
             "validation_size": self.validation_size,
             "test_size": self.test_size,
             "schedule": "AdamW, linear warm-up 6% then linear decay",
-        }
+        }  # the device is in each record (a run's result does not depend on it beyond rounding)
+
+    @property
+    def causal_model(self) -> str:
+        return "SmolLM2-135M-Instruct" if (self.model or "smollm2") == "smollm2" else self.model
 
 
 # -- the sweeps ------------------------------------------------------------------------------------
@@ -183,6 +187,21 @@ SWEEPS: dict[str, Sweep] = {
         train_size=2104,
         batch_size=16,
     ),
+    "reference": Sweep(  # benchmarks/gpu_sweep.sh: the MoRe paper's Llama setting, on a GPU
+        name="reference",
+        kind="causal",
+        task="arithmetic_mix",
+        description="the MoRe reference's Llama setting on a GPU: SmolLM2-135M-Instruct, every linear layer, MoRe "
+        "block rank 8 vs LoRA rank 8 (equal parameters), 3 epochs of BIG-bench arithmetic, 5 seeds",
+        settings=[Setting("more", 8, "all-linear"), Setting("lora", 8, "all-linear")],
+        comparisons=[("more-r8-all-linear", "lora-r8-all-linear")],
+        lr_grid=(3e-4, 1e-3, 3e-3, 1e-2),
+        seeds=tuple(range(5)),
+        train_size=2104,
+        epochs=3,
+        batch_size=32,
+        device="cuda",
+    ),
 }
 
 
@@ -206,6 +225,8 @@ def tiny(sweep: Sweep) -> Sweep:
         max_length=16,
         max_widen=0,
         depends_on=f"{sweep.depends_on}-tiny" if sweep.depends_on else None,
+        model="tiny-llama" if sweep.kind == "causal" else sweep.model,  # no weights to load
+        epochs=1,
     )
 
 
@@ -235,7 +256,7 @@ def run_one(sweep: Sweep, setting: Setting, lr: float, seed: int, data) -> dict:
     common = dict(
         method=setting.method, rank=setting.rank, nblocks=setting.nblocks, targets=setting.targets, lr=lr,
         epochs=sweep.epochs, batch_size=sweep.batch_size, train_size=len(train), test_size=len(test), seed=seed,
-        progress=False,
+        progress=False, device=sweep.device,
     )  # fmt: skip
     t0 = time.time()
     if sweep.kind == "classify":
@@ -246,9 +267,11 @@ def run_one(sweep: Sweep, setting: Setting, lr: float, seed: int, data) -> dict:
         )
     else:
         from .causal import CausalConfig, run_causal
+        from .models import CAUSAL_MODELS
 
+        base = CAUSAL_MODELS[sweep.model or "smollm2"]()
         result = run_causal(
-            CausalConfig(task=sweep.task, **common), (train, test), None, {"validation": val, "test": test}
+            CausalConfig(task=sweep.task, **common), (train, test), base, {"validation": val, "test": test}
         )
     return {
         "record_version": RECORD_VERSION,
@@ -390,62 +413,28 @@ def sweep_records(sweep: Sweep, out: Path = DEFAULT_OUT) -> list[dict]:
     return keep
 
 
-# -- command line ----------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m structmat.experiments.sweep",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the missing runs of the sweeps, in order")
-    run.add_argument("sweeps", nargs="+", choices=sorted(SWEEPS))
-    status = sub.add_parser("status", help="how many runs of each sweep are done")
-    status.add_argument("sweeps", nargs="*", help=f"some of {sorted(SWEEPS)} (default: all)")
-    tables = sub.add_parser("tables", help="write the tables of the sweeps from their records")
-    tables.add_argument("sweeps", nargs="*", help=f"some of {sorted(SWEEPS)} (default: all)")
-    tables.add_argument("--results", default=str(RESULTS), help="where the tables go (default: %(default)s)")
-    for p in (run, status, tables):
-        p.add_argument("--out", default=str(DEFAULT_OUT), help="folder of the run records (default: %(default)s)")
-        p.add_argument("--tiny", action="store_true", help="tiny sizes (a smoke test of the whole protocol)")
-    args = parser.parse_args(argv)
-    unknown = [n for n in args.sweeps if n not in SWEEPS]
+# -- what the command line runs (``structmat sweep``) ----------------------------------------------------
+def selected(names: Sequence[str], tiny_size: bool = False, device: str | None = None) -> list[Sweep]:
+    """The sweeps ``names`` (all when empty), at tiny size or on ``device`` if asked."""
+    unknown = [n for n in names if n not in SWEEPS]
     if unknown:
-        parser.error(f"unknown sweeps {unknown}; choose from {sorted(SWEEPS)}")
-    names = args.sweeps or sorted(SWEEPS)
-    sweeps = [tiny(SWEEPS[n]) if args.tiny else SWEEPS[n] for n in names]
-    out = Path(args.out)
-    if args.command == "run":
-        for sweep in sweeps:
-            settings = settings_of(sweep, out)
-            print(
-                f"[{sweep.name}] {sweep.description}: {len(settings)} settings, seeds {list(sweep.seeds)}", flush=True
-            )
-            Runner(sweep, out, lambda m: print(m, flush=True)).run(settings)
-        return 0
-    if args.command == "status":
-        for sweep in sweeps:
-            records = sweep_records(sweep, out)
-            runs = seed_runs(records) if records else {}
-            per = ", ".join(f"{s.key}: {len(rs)}" for s, rs in runs.items())
-            print(f"{sweep.name}: {len(records)} records; seeds at the chosen rate: {per or 'none yet'}")
-        return 0
-    from .tables import write_tables
+        raise ValueError(f"unknown sweeps {unknown}; choose from {sorted(SWEEPS)}")
+    sweeps = [tiny(SWEEPS[n]) if tiny_size else SWEEPS[n] for n in (names or sorted(SWEEPS))]
+    return [replace(s, device=device) for s in sweeps] if device else sweeps
 
+
+def run_sweeps(sweeps: Sequence[Sweep], out: Path, log: Callable[[str], None] = print) -> None:
+    """Run the missing runs of ``sweeps`` in order (a sweep whose settings another one chooses
+    needs that one finished first)."""
     for sweep in sweeps:
-        records = sweep_records(sweep, out)
-        if not records:
-            print(f"{sweep.name}: no records under {out}", file=sys.stderr)
-            continue
-        md = write_tables(
-            sweep,
-            records,
-            Path(args.results),
-            command=" ".join(["python -m structmat.experiments.sweep", *(argv or sys.argv[1:])]),
-        )
-        print(f"{sweep.name}: {md}")
-    return 0
+        settings = settings_of(sweep, out)
+        log(f"[{sweep.name}] {sweep.description}: {len(settings)} settings, seeds {list(sweep.seeds)}")
+        Runner(sweep, out, log).run(settings)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def status(sweep: Sweep, out: Path) -> str:
+    """One line: the sweep's records and the seeds finished per setting at its chosen rate."""
+    records = sweep_records(sweep, out)
+    runs = seed_runs(records) if records else {}
+    per = ", ".join(f"{s.key}: {len(rs)}" for s, rs in runs.items())
+    return f"{sweep.name}: {len(records)} records; seeds at the chosen rate: {per or 'none yet'}"

@@ -311,3 +311,40 @@ def test_report_quick(tmp_path):
     assert _capacity_row(big["butterfly"], None) == "| butterfly | - (needs 20,480) | - | - | - |"  # "-", not 0
     for key in ("overview", "spectra", "rank_capacity"):
         assert (tmp_path / "figures" / f"{key}.svg").is_file()
+
+
+def test_report_says_how_each_butterfly_was_fitted():
+    """The report's butterfly sentence comes from the fit's own ``fit_info``: Walsh-Hadamard is
+    found in closed form with 0 gradient steps (it used to say "fitted iteratively"), a Gaussian
+    target by gradient steps, with their counts."""
+    from scipy.linalg import hadamard
+
+    from structmat.experiments.report import _conclusions
+
+    n = 16
+    targets = {
+        "Walsh-Hadamard": torch.tensor(hadamard(n), dtype=torch.float64),
+        "Gaussian": torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0)),
+    }
+    curves = {
+        name: approximation_curve(W, [n * n], ["butterfly", "lowrank"], butterfly_steps=20)
+        for name, W in targets.items()
+    }
+    lines = "\n".join(_conclusions(curves))
+    assert "fitted iteratively" not in lines
+    wht = next(p for p in curves["Walsh-Hadamard"] if p.family == "butterfly")
+    assert wht.fit_info["phase"] == "closed form" and wht.fit_info["adam_steps"] == 0
+    assert "found in closed form, 0 gradient steps" in lines
+    gauss = next(p for p in curves["Gaussian"] if p.family == "butterfly")
+    assert f"{gauss.fit_info['adam_steps']} Adam + {gauss.fit_info['lbfgs_steps']} L-BFGS steps" in lines
+    assert gauss.fit_info["adam_steps"] > 0
+
+
+def test_report_includes_the_committed_delta_capture_table(tmp_path):
+    from structmat.experiments.report import _delta_capture_section
+
+    assert "Not measured yet: `python benchmarks/delta_capture.py`" in _delta_capture_section(tmp_path)
+    (tmp_path / "delta_capture.md").write_text("# title\n\n| type | captured |\n|---|---|\n| query | 0.5 |\n")
+    section = _delta_capture_section(tmp_path)
+    assert "| query | 0.5 |" in section and "# title" not in section
+    assert "benchmarks/results/delta_capture.md" in section

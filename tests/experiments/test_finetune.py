@@ -36,7 +36,7 @@ def test_trainer_loss_decreases(tmp_path):
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < 0.85 * sum(losses[:5]) / 5
     assert all(
-        p.requires_grad == (".more." in n or n.startswith("classifier.modules_to_save."))
+        p.requires_grad == (".more_update." in n or n.startswith("classifier.modules_to_save."))
         for n, p in model.named_parameters()
     )
 

